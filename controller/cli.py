@@ -1,0 +1,143 @@
+"""The ``trellis`` command line: dev cluster, operator, validate, plan, demo.
+
+Errors the user can act on come out as one line on stderr with exit status 1 (or 2
+for usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+CommandFn = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """An error whose message is the whole story for the user."""
+
+
+def _dev_cluster(args: argparse.Namespace) -> int:
+    from controller.devcluster.cluster import ClusterError, DevCluster
+
+    cluster = DevCluster(Path(args.dir) if args.dir else None)
+    try:
+        if args.action == "up":
+            st = cluster.up()
+            print(f"dev cluster ready: https://127.0.0.1:{st.apiserver_port} "
+                  f"(kubeconfig {st.kubeconfig})")
+            print("\n".join(cluster.env_lines()))
+        elif args.action == "down":
+            print("dev cluster stopped" if cluster.down() else "dev cluster was not running")
+        elif args.action == "status":
+            st = cluster.state()
+            if st and cluster.running():
+                print(f"running: https://127.0.0.1:{st.apiserver_port} "
+                      f"etcd pid {st.etcd_pid}, kube-apiserver pid {st.apiserver_pid}")
+            else:
+                print("not running")
+                return 1
+        elif args.action == "env":
+            print("\n".join(cluster.env_lines()))
+    except ClusterError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from controller import operator
+
+    operator.run(namespaces=args.namespace or None, peering=args.peering,
+                 liveness_port=args.liveness_port, verbose=args.verbose)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from controller.validate import validate_paths
+
+    checks = []
+    if args.repo:
+        from controller.gitops.repochecks import repo_checks
+
+        checks = repo_checks(Path(args.repo), ref=args.ref, cluster=args.cluster)
+    report = validate_paths([Path(p) for p in args.paths], checks)
+    if args.format == "json":
+        print(report.json())
+    elif report.errors:
+        print(report.text(), file=sys.stderr)
+    else:
+        print(f"ok: {len(report.documents)} document(s) valid")
+    return 0 if report.ok else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from controller.gitops.plan_cli import run_plan
+
+    return run_plan(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controller.demo.main import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trellis", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dc = sub.add_parser("dev-cluster", help="a local etcd + kube-apiserver (envtest-style)")
+    dc.add_argument("action", choices=["up", "down", "status", "env"])
+    dc.add_argument("--dir", help="state directory (default ~/.cache/trellis/dev-cluster)")
+    dc.set_defaults(fn=_dev_cluster)
+
+    op = sub.add_parser("operator", help="run the kopf operator")
+    op.add_argument("-n", "--namespace", action="append",
+                    help="watch this namespace (repeatable); default: cluster-wide")
+    op.add_argument("--peering", help="kopf peering name (for HA); default: standalone")
+    op.add_argument("--liveness-port", type=int, help="serve kopf's liveness probe here")
+    op.add_argument("-v", "--verbose", action="store_true")
+    op.set_defaults(fn=_operator)
+
+    va = sub.add_parser("validate", help="check spec files against the CRD schemas")
+    va.add_argument("paths", nargs="+", help="files or directories")
+    va.add_argument("--format", choices=["text", "json"], default="text")
+    va.add_argument("--repo", help="repository root for flow and reference checks")
+    va.add_argument("--ref", help="git ref of --repo to read flows from (default: work tree)")
+    va.add_argument("--cluster", action="store_true",
+                    help="also resolve references against the live cluster")
+    va.set_defaults(fn=_validate)
+
+    pl = sub.add_parser("plan", help="what a change to the spec repository will do")
+    pl.add_argument("--repo", required=True)
+    pl.add_argument("--base", help="base ref (default: merge-base with --head)")
+    pl.add_argument("--head", default="HEAD")
+    pl.add_argument("--path", default=".", help="spec directory inside the repository")
+    pl.add_argument("--format", choices=["markdown", "json", "text"], default="markdown")
+    pl.add_argument("--cluster", action="store_true",
+                    help="compare with the live objects instead of the base ref")
+    pl.set_defaults(fn=_plan)
+
+    de = sub.add_parser("demo", help="the pumpkin farm's whole story, unattended")
+    de.add_argument("--workdir", default=".trellis/demo")
+    de.add_argument("--report", default="demo-report")
+    de.add_argument("--fast", action="store_true", help="shorter intervals (for tests)")
+    de.set_defaults(fn=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        print(f"trellis: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("trellis: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

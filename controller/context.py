@@ -1,0 +1,28 @@
+"""What every reconciler shares in one operator process (kept in kopf's memo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.kube import Kube
+from controller.loop import Reconciler, Wakeups
+from controller.metrics import OperatorMetrics
+from controller.settings import Settings
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: Kube
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for rec in self.reconcilers.values():
+            closer = getattr(rec, "close", None)
+            if closer is not None:
+                await closer()
+        await self.kube.close()

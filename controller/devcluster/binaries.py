@@ -1,0 +1,165 @@
+"""Find or build the control-plane binaries (etcd, kube-apiserver, kubectl).
+
+Lookup order follows controller-runtime's envtest: ``TEST_ASSET_<NAME>``, then
+``$KUBEBUILDER_ASSETS/<name>``, then our own per-version cache. A cache miss builds
+the binary from Go modules in a throw-away wrapper module outside the repository:
+``k8s.io/kubernetes`` is only consumable as a module when every staging module it
+requires at ``v0.0.0`` is replaced by the matching published ``v0.X.Y``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+KUBERNETES_VERSION = "1.34.4"
+ETCD_VERSION = "3.6.16"
+GO_DIRECTIVE = "1.24"
+
+NAMES = ("etcd", "kube-apiserver", "kubectl")
+
+
+class BinaryError(RuntimeError):
+    """A binary could not be found or built; the message says what to do."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trellis"
+
+
+def cache_dir() -> Path:
+    return cache_root() / f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+
+
+def _env_asset(name: str) -> Path | None:
+    explicit = os.environ.get("TEST_ASSET_" + name.upper().replace("-", "_"))
+    if explicit:
+        return Path(explicit)
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and (Path(assets) / name).is_file():
+        return Path(assets) / name
+    return None
+
+
+def locate(name: str) -> Path | None:
+    """The binary for ``name`` if one is available without building."""
+    found = _env_asset(name)
+    if found is not None:
+        return found
+    cached = cache_dir() / "bin" / name
+    return cached if cached.is_file() else None
+
+
+def ensure_all(log=sys.stderr) -> dict[str, Path]:
+    """Every control-plane binary, building the missing ones once (under a file lock)."""
+    missing = [n for n in NAMES if locate(n) is None]
+    if missing:
+        with _build_lock():
+            missing = [n for n in NAMES if locate(n) is None]
+            if {"kube-apiserver", "kubectl"} & set(missing):
+                _build_kubernetes(log)
+            if "etcd" in missing:
+                _build_etcd(log)
+    result = {}
+    for name in NAMES:
+        path = locate(name)
+        if path is None:
+            raise BinaryError(f"{name} is still missing after the build; see the log above")
+        result[name] = path
+    return result
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BinaryError(
+            "Go is needed once to build kube-apiserver and etcd (or set KUBEBUILDER_ASSETS "
+            "to a directory with envtest binaries)"
+        )
+    return go
+
+
+def _run(cmd: list[str], cwd: Path, log) -> str:
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    print(f"[trellis] $ {' '.join(cmd)}", file=log, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BinaryError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def staging_replaces(kubernetes_gomod: str, version: str) -> list[str]:
+    """``replace`` lines pinning each staging module to its published ``v0.X.Y``."""
+    staging_version = "v0." + version.split(".", 1)[1]
+    modules = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", kubernetes_gomod, re.M)
+    if not modules:
+        raise BinaryError("no staging replace block found in k8s.io/kubernetes go.mod")
+    return [f"replace {m} => {m} {staging_version}" for m in sorted(set(modules))]
+
+
+def _build_kubernetes(log) -> None:
+    work = cache_dir() / "src-kubernetes"
+    work.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(
+        _run([_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{KUBERNETES_VERSION}"],
+             work, log)
+    )
+    gomod = Path(meta["GoMod"]).read_text()
+    lines = [
+        "module trellis.dev/devcluster/kubernetes",
+        "",
+        f"go {GO_DIRECTIVE}",
+        "",
+        f"require k8s.io/kubernetes v{KUBERNETES_VERSION}",
+        "",
+        *staging_replaces(gomod, KUBERNETES_VERSION),
+        "",
+    ]
+    (work / "go.mod").write_text("\n".join(lines))
+    (work / "tools.go").write_text(
+        "//go:build tools\n\npackage tools\n\nimport (\n"
+        '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n'
+        '\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n'
+    )
+    _run([_go(), "mod", "tidy"], work, log)
+    out = cache_dir() / "bin"
+    out.mkdir(parents=True, exist_ok=True)
+    _run([_go(), "build", "-trimpath", "-o", str(out) + "/",
+          "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"], work, log)
+
+
+def _build_etcd(log) -> None:
+    work = cache_dir() / "src-etcd"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module trellis.dev/devcluster/etcd\n\ngo {GO_DIRECTIVE}\n\n"
+        f"require go.etcd.io/etcd/server/v3 v{ETCD_VERSION}\n"
+    )
+    (work / "tools.go").write_text(
+        '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n'
+    )
+    _run([_go(), "mod", "tidy"], work, log)
+    out = cache_dir() / "bin"
+    out.mkdir(parents=True, exist_ok=True)
+    _run([_go(), "build", "-trimpath", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
+         work, log)

@@ -1,0 +1,276 @@
+"""A real local control plane: etcd + kube-apiserver on loopback, envtest-style.
+
+The same class serves ``trellis dev-cluster up|down|status|env`` (processes detached,
+state in a directory) and the pytest fixture (a temporary state directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from controller.devcluster import binaries, certs
+from controller.paths import CRDS_DIR
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class ClusterState:
+    etcd_pid: int
+    apiserver_pid: int
+    etcd_port: int
+    apiserver_port: int
+    kubeconfig: str
+    kubectl: str
+    started_at: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (our own, not yet reaped) counts as dead.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("TRELLIS_DEV_CLUSTER_DIR") or binaries.cache_root() / "dev-cluster")
+
+
+class DevCluster:
+    """etcd and kube-apiserver processes plus the admin kubeconfig that reaches them."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.dir = (state_dir or default_state_dir()).resolve()
+        self.state_file = self.dir / "state.json"
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> ClusterState | None:
+        if not self.state_file.exists():
+            return None
+        return ClusterState(**json.loads(self.state_file.read_text()))
+
+    def running(self) -> bool:
+        st = self.state()
+        return bool(st and _alive(st.etcd_pid) and _alive(st.apiserver_pid) and self._ready(st))
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    # -------------------------------------------------------------- lifecycle
+    def up(self, *, install_crds: bool = True, timeout: float = 90.0) -> ClusterState:
+        """Start the control plane unless it already runs; install the CRDs."""
+        st = self.state()
+        if st and self.running():
+            if install_crds:
+                self.install_crds(st)
+            return st
+        self.down()
+        bins = binaries.ensure_all()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pki = certs.generate(self.dir / "pki")
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_data = self.dir / "etcd-data"
+        etcd_cmd = [
+            str(bins["etcd"]),
+            f"--data-dir={etcd_data}",
+            "--name=trellis",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=trellis=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+        etcd = self._spawn(etcd_cmd, "etcd.log")
+        api_cmd = [
+            str(bins["kube-apiserver"]),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--secure-port={api_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--cert-dir={self.dir / 'pki'}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+            "--v=0",
+        ]
+        api = self._spawn(api_cmd, "apiserver.log")
+        self._write_kubeconfig(api_port, pki)
+        st = ClusterState(
+            etcd_pid=etcd.pid,
+            apiserver_pid=api.pid,
+            etcd_port=etcd_port,
+            apiserver_port=api_port,
+            kubeconfig=str(self.kubeconfig),
+            kubectl=str(bins["kubectl"]),
+            started_at=time.time(),
+        )
+        self.state_file.write_text(json.dumps(asdict(st), indent=2))
+        deadline = time.monotonic() + timeout
+        while not self._ready(st):
+            if not _alive(st.apiserver_pid) or not _alive(st.etcd_pid):
+                self.down()
+                raise ClusterError(
+                    "the control plane exited while starting; last log lines:\n"
+                    + self._tail("apiserver.log") + self._tail("etcd.log")
+                )
+            if time.monotonic() > deadline:
+                self.down()
+                raise ClusterError(f"kube-apiserver not ready after {timeout:.0f}s")
+            time.sleep(0.25)
+        if install_crds:
+            self.install_crds(st)
+        return st
+
+    def down(self) -> bool:
+        """Stop the processes and forget the state; True if something was running."""
+        st = self.state()
+        stopped = False
+        if st:
+            for pid in (st.apiserver_pid, st.etcd_pid):
+                stopped |= _terminate(pid)
+            self.state_file.unlink(missing_ok=True)
+        etcd_data = self.dir / "etcd-data"
+        if etcd_data.exists():
+            subprocess.run(["rm", "-rf", str(etcd_data)], check=False)
+        return stopped
+
+    def env_lines(self) -> list[str]:
+        st = self.state()
+        if st is None:
+            raise ClusterError("no dev cluster is running: run `trellis dev-cluster up`")
+        bindir = str(Path(st.kubectl).parent)
+        return [f"export KUBECONFIG={st.kubeconfig}", f'export PATH="{bindir}:$PATH"']
+
+    # ---------------------------------------------------------------- helpers
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        st = self.state()
+        if st is None:
+            raise ClusterError("no dev cluster is running")
+        proc = subprocess.run(
+            [st.kubectl, f"--kubeconfig={st.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    def install_crds(self, st: ClusterState | None = None, crds_dir: Path = CRDS_DIR) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts",
+                     "--field-manager=trellis", "-f", str(crds_dir))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds_dir))
+
+    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / log_name, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+
+    def _tail(self, name: str, lines: int = 15) -> str:
+        path = self.dir / name
+        if not path.exists():
+            return ""
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {name}\n" + "\n".join(tail) + "\n"
+
+    def _ready(self, st: ClusterState) -> bool:
+        pki = self.dir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{st.apiserver_port}/readyz", context=ctx, timeout=2
+            ) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _write_kubeconfig(self, port: int, pki: certs.Pki) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{
+                "name": "trellis-dev",
+                "cluster": {"server": f"https://127.0.0.1:{port}",
+                            "certificate-authority": str(pki.ca_cert)},
+            }],
+            "users": [{
+                "name": "trellis-admin",
+                "user": {"client-certificate": str(pki.admin_cert),
+                         "client-key": str(pki.admin_key)},
+            }],
+            "contexts": [{
+                "name": "trellis-dev",
+                "context": {"cluster": "trellis-dev", "user": "trellis-admin",
+                            "namespace": "default"},
+            }],
+            "current-context": "trellis-dev",
+        }
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        self.kubeconfig.chmod(0o600)
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> bool:
+    if not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,45 @@
+"""Operator metrics in Prometheus format (served by the operator's metrics endpoint).
+
+A private registry per process, so tests that start several operators in one
+interpreter do not collide and the endpoint shows only Trellis' own series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "trellis_reconciles_total", "Reconcile passes per kind and result",
+            ["kind", "result"], registry=self.registry)
+        self.reconcile_seconds = Histogram(
+            "trellis_reconcile_duration_seconds", "Duration of one reconcile pass",
+            ["kind"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.runs = Counter(
+            "trellis_training_runs_total", "Training runs by outcome (started, succeeded, "
+            "failed, objective_not_met)", ["outcome"], registry=self.registry)
+        self.models = Counter(
+            "trellis_model_versions_registered_total", "Model versions registered",
+            registry=self.registry)
+        self.canary = Counter(
+            "trellis_canary_decisions_total", "Canary analysis decisions (advance, promote, "
+            "rollback)", ["decision"], registry=self.registry)
+        self.drift = Counter(
+            "trellis_drift_detections_total", "Drift episodes detected", registry=self.registry)
+        self.retrains = Counter(
+            "trellis_retrains_total", "Retraining runs requested by drift or accuracy",
+            registry=self.registry)
+        self.syncs = Counter(
+            "trellis_spec_syncs_total", "SpecRepository sync results (synced, fetch_failed, "
+            "invalid, apply_failed)", ["result"], registry=self.registry)
+
+    def record_reconcile(self, kind: str, seconds: float, ok: bool) -> None:
+        self.reconciles.labels(kind, "success" if ok else "error").inc()
+        self.reconcile_seconds.labels(kind).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""One reconciler per kind: read the world, call the pure decisions, return the status."""

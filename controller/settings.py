@@ -1,0 +1,89 @@
+"""Operator settings: one class, read from ``TRELLIS_*`` environment variables.
+
+Read when the operator starts (never at import time), so tests and the CLI can set
+the environment first; the manifests' ConfigMap feeds the same variables in a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from controller.paths import ROOT
+
+PREFIX = "TRELLIS_"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "trellis"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where local-mode work lives: Metaflow datastore, model store, serving state, logs.
+    state_dir: Path = field(default_factory=_default_state_dir)
+    # Python of the model-server environment (seldon-core 1.17.1).
+    serving_python: Path = ROOT / ".venv-serving" / "bin" / "python"
+    # Python that runs training flows locally (the operator's own by default).
+    training_python: str = ""
+    # Seconds between level-triggered resyncs of an object when nothing wakes it.
+    resync_seconds: float = 60.0
+    # Cluster-mode training (backend: kubernetes).
+    trainer_image: str = "ghcr.io/trellis-mlops/trainer:0.1.0"
+    trainer_service_account: str = "trellis-trainer"
+    datastore_s3_root: str = "s3://trellis/metaflow"
+    s3_endpoint_url: str = ""
+    s3_secret: str = "trellis-s3"
+    # Cluster-mode serving (backend: seldon).
+    model_server_image: str = "ghcr.io/trellis-mlops/model-server:0.1.0"
+    request_logger_url: str = "http://trellis-drift.trellis-system.svc:8081/"
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # Operator endpoints.
+    metrics_port: int = 8000
+    webhook_port: int = 8001
+    log_format: str = "json"
+
+    @property
+    def datastore_root(self) -> Path:
+        return self.state_dir / "metaflow"
+
+    @property
+    def model_store(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def serving_state_dir(self) -> Path:
+        return self.state_dir / "serving"
+
+    @property
+    def request_log_dir(self) -> Path:
+        return self.state_dir / "requestlog"
+
+    @property
+    def repo_cache_dir(self) -> Path:
+        return self.state_dir / "repos"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.state_dir / "training"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.type in ("Path",):
+                values[f.name] = Path(raw).expanduser()
+            elif f.type == "float":
+                values[f.name] = float(raw)
+            elif f.type == "int":
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)
