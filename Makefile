@@ -43,6 +43,7 @@ lint: env
 	$(VENV)/bin/ruff check controller tests flows serving bench
 
 test: install cluster-binaries lint
+	bash scripts/install-chromium.sh
 	$(VENV)/bin/pytest -ra tests
 
 test-unit: env
@@ -52,7 +53,7 @@ demo: install cluster-binaries
 	$(VENV)/bin/trellis demo
 
 bench: install cluster-binaries
-	$(VENV)/bin/python -m bench.run --out bench/results.json
+	$(VENV)/bin/python bench/run.py --out bench/results.json
 
 clean:
 	-$(VENV)/bin/trellis dev-cluster down

@@ -23,6 +23,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.ctx = await op.build_context()
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return op.login(**kwargs)
+
+
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await op.close_context(memo.ctx)
@@ -45,7 +50,7 @@ def experiment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op.on_event(memo.ctx, api.EXPERIMENT.kind, body)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.EXPERIMENT.plural, optional=True)
+@kopf.on.delete(api.GROUP, api.VERSION, api.EXPERIMENT.plural)
 async def experiment_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await op.on_delete(memo.ctx, api.EXPERIMENT.kind, body)
 
@@ -62,7 +67,7 @@ def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op.on_event(memo.ctx, api.MODEL_DEPLOYMENT.kind, body)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural, optional=True)
+@kopf.on.delete(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural)
 async def deployment_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await op.on_delete(memo.ctx, api.MODEL_DEPLOYMENT.kind, body)
 
@@ -79,6 +84,6 @@ def specrepo_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op.on_event(memo.ctx, api.SPEC_REPOSITORY.kind, body)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.SPEC_REPOSITORY.plural, optional=True)
+@kopf.on.delete(api.GROUP, api.VERSION, api.SPEC_REPOSITORY.plural)
 async def specrepo_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await op.on_delete(memo.ctx, api.SPEC_REPOSITORY.kind, body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,9 @@ class Kube:
     def from_env(cls, kubeconfig: str | None = None) -> Kube:
         cfg = k8s.Configuration()
         try:
-            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            # The client fixes its default path at import; read KUBECONFIG now instead.
+            k8s_config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                        client_configuration=cfg)
         except k8s_config.ConfigException:
             k8s_config.load_incluster_config(client_configuration=cfg)
         client = k8s.ApiClient(cfg)

@@ -1,8 +1,9 @@
 """Structured JSON logs carrying the object's kind, namespace and name.
 
 Set up explicitly by the entry points (never at import time). kopf's per-object
-loggers put ``k8s_ref`` (kind/namespace/name) on each record; our own loggers pass
-``extra={"kind":..., "namespace":..., "name":...}``; both come out as JSON fields.
+loggers put ``k8s_ref`` (kind/namespace/name) on each record; our own loggers pass the
+same with ``extra=object_ref(obj)`` (a plain ``extra={"name": ...}`` is refused by
+``logging``: it would shadow the logger's name); both come out as JSON fields.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import time
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def object_ref(obj: dict[str, Any]) -> dict[str, Any]:
+    """``extra=`` for a log line about ``obj``, in the shape kopf's loggers use."""
+    meta = obj.get("metadata") or {}
+    return {"k8s_ref": {"kind": obj.get("kind"), "namespace": meta.get("namespace"),
+                        "name": meta.get("name")}}
 
 
 class JsonFormatter(logging.Formatter):

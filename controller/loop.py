@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from controller import api, conditions
 from controller.kube import ApiException, Kube, Resource
+from controller.logs import object_ref
 
 log = logging.getLogger("trellis.loop")
 
@@ -109,8 +111,10 @@ async def reconcile_once(
         written = await kube.patch_status(reconciler.resource, meta["namespace"], meta["name"],
                                           patch)
         log.debug("status of %s/%s patched: %s", meta["namespace"], meta["name"], sorted(patch))
+    explicit = {e.reason for e in outcome.events}  # said already, in the reconciler's words
     events = [event_for(c) for c in conditions.transitions(old_status.get("conditions"),
-                                                           outcome.status.get("conditions"))]
+                                                           outcome.status.get("conditions"))
+              if c["reason"] not in explicit]
     for ev in [*events, *outcome.events]:
         try:
             await kube.event(obj, type_=ev.type, reason=ev.reason, message=ev.message)
@@ -154,17 +158,26 @@ async def run_loop(
             delay = min(backoff[0] * 2 ** failures, backoff[1])
             if exc.status == 409:  # stale resourceVersion: the next event brings a fresh one
                 delay = 0.2
-            log.warning("reconcile of %s %s/%s failed (%s %s); retrying in %.1fs",
+            log.warning("reconcile of %s %s/%s failed (%s %s: %s); retrying in %.1fs",
                         reconciler.resource.kind, obj["metadata"].get("namespace"),
-                        obj["metadata"].get("name"), exc.status, exc.reason, delay)
+                        obj["metadata"].get("name"), exc.status, exc.reason,
+                        _api_message(exc), delay, extra=object_ref(obj))
         except Exception:
             failures += 1
             delay = min(backoff[0] * 2 ** failures, backoff[1])
             log.exception("reconcile of %s %s/%s crashed; retrying in %.1fs",
                           reconciler.resource.kind, obj["metadata"].get("namespace"),
-                          obj["metadata"].get("name"), delay)
+                          obj["metadata"].get("name"), delay, extra=object_ref(obj))
         wait = resync if delay is None else min(delay, resync)
         await _sleep(wakeup, stopped, wait)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own sentence (which verb on which resource was refused, ...)."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.body or "")[:500]
+    except (TypeError, ValueError):
+        return str(exc.body or "")[:500]
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any]) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from typing import Any
 
 import kopf
@@ -21,6 +23,16 @@ from controller.settings import Settings
 log = logging.getLogger("trellis.operator")
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's client-library login, reading ``KUBECONFIG`` as it is *now*: the kubernetes
+    client freezes its default path when first imported, which may predate the env."""
+    from kubernetes.config import kube_config
+
+    if os.environ.get("KUBECONFIG"):
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ["KUBECONFIG"]
+    return kopf.login_via_client(**kwargs)
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Our annotations, our finalizer, no kopf-posted Events (we post on transitions)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.PREFIX)
@@ -28,10 +40,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
         prefix=api.PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{api.PREFIX}/finalizer"
     settings.posting.enabled = False
+    # Peering objects come from manifests/ (a ClusterKopfPeering "trellis"); kopf's
+    # mandatory mode keeps the standby's peering stream from ever being processed here
+    # (it waits on a CRD scan that the least-privilege role cannot do), so peering is
+    # used when present and the manifests make sure it is.
+    settings.peering.mandatory = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.peering.name = "trellis"
-    settings.peering.mandatory = False
 
 
 async def build_context(settings: Settings | None = None) -> Context:
@@ -50,11 +65,35 @@ async def build_context(settings: Settings | None = None) -> Context:
         starter = getattr(rec, "start", None)
         if starter is not None:
             await starter()
+    await _start_http(ctx)
     log.info("trellis operator context ready (state dir %s)", settings.state_dir)
     return ctx
 
 
+async def _start_http(ctx: Context) -> None:
+    """Serve /metrics and /healthz; the bound port goes to ``ctx.extras["metrics_port"]``.
+
+    A taken port is logged, not fatal (as for the webhook): reconciling matters more.
+    """
+    from controller.http_server import OperatorHttpServer
+
+    ctx.extras["metrics_port"] = None
+    if ctx.settings.metrics_port < 0:
+        return
+    server = OperatorHttpServer(ctx.metrics, port=ctx.settings.metrics_port)
+    try:
+        ctx.extras["metrics_port"] = await server.start()
+    except OSError as exc:
+        log.error("metrics endpoint disabled: cannot listen on port %d (%s)",
+                  ctx.settings.metrics_port, exc)
+        return
+    ctx.extras["http_server"] = server
+
+
 async def close_context(ctx: Context) -> None:
+    server = ctx.extras.pop("http_server", None)
+    if server is not None:
+        await server.stop()
     await ctx.close()
 
 
@@ -75,11 +114,25 @@ def on_event(ctx: Context, kind: str, body: kopf.Body) -> None:
     related = getattr(rec, "related", None)
     if related is not None:
         for other_kind, ns, name in related(snapshot(body)):
-            ctx.wakeups.wake(other_kind, ns, name)
+            if name is None:  # every object of that kind in the namespace
+                ctx.wakeups.wake_where(other_kind, lambda n, _, ns=ns: n == ns)
+            else:
+                ctx.wakeups.wake(other_kind, ns, name)
 
 
 async def on_delete(ctx: Context, kind: str, body: kopf.Body) -> None:
     await ctx.reconcilers[kind].cleanup(snapshot(body))
+
+
+def peering_priority() -> int:
+    """A kopf peering priority unique to this process: the earlier start wins.
+
+    kopf pauses every operator that sees a live peer of higher *or equal* priority, so
+    replicas sharing the default priority would all pause. Minus the start time (in
+    microseconds) keeps the oldest replica active and makes a newly started one a standby
+    that takes over only when the active one's keep-alive lapses.
+    """
+    return -(time.time_ns() // 1000)
 
 
 def run(*, namespaces: list[str] | None = None, peering: str | None = None,
@@ -90,12 +143,18 @@ def run(*, namespaces: list[str] | None = None, peering: str | None = None,
 
     setup_logging(verbose=verbose)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    settings = kopf.OperatorSettings()
+    # The ClusterRole grants no CRD access (manifests/rbac.yaml): kopf then knows the kinds
+    # it found at start-up and does not retry a forbidden CRD watch, logging errors.
+    settings.scanning.disabled = True
     kwargs: dict[str, Any] = {
+        "settings": settings,
         "standalone": peering is None,
         "liveness_endpoint": liveness,
     }
     if peering is not None:
         kwargs["peering_name"] = peering
+        kwargs["priority"] = peering_priority()
     if namespaces:
         kwargs["namespaces"] = namespaces
     else:

@@ -29,6 +29,8 @@ class Settings:
     serving_python: Path = ROOT / ".venv-serving" / "bin" / "python"
     # Python that runs training flows locally (the operator's own by default).
     training_python: str = ""
+    # Where flow files are found when an Experiment did not come from a SpecRepository.
+    flows_root: Path = ROOT
     # Seconds between level-triggered resyncs of an object when nothing wakes it.
     resync_seconds: float = 60.0
     # Cluster-mode training (backend: kubernetes).
@@ -39,8 +41,14 @@ class Settings:
     s3_secret: str = "trellis-s3"
     # Cluster-mode serving (backend: seldon).
     model_server_image: str = "ghcr.io/trellis-mlops/model-server:0.1.0"
-    request_logger_url: str = "http://trellis-drift.trellis-system.svc:8081/"
+    request_logger_url: str = "http://trellis-operator.trellis-system.svc:8081/"
+    # Where this operator receives those CloudEvents (0: a free port, < 0: off).
+    request_logger_port: int = 8081
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # Seconds between drift checks of a deployment while new inputs arrive.
+    drift_interval_seconds: float = 5.0
+    # Labelled live inputs since a drift onset before a drift-triggered retrain starts.
+    retrain_min_labels: int = 200
     # Operator endpoints.
     metrics_port: int = 8000
     webhook_port: int = 8001

@@ -58,6 +58,9 @@ def operator_env(cluster: Cluster, state_dir: Path, monkeypatch: pytest.MonkeyPa
         "KUBECONFIG": cluster.kubeconfig,
         "TRELLIS_STATE_DIR": str(state_dir),
         "TRELLIS_RESYNC_SECONDS": "5",
+        "TRELLIS_METRICS_PORT": "0",  # a free port each: parallel sessions never collide
+        "TRELLIS_REQUEST_LOGGER_PORT": "0",
+        "TRELLIS_WEBHOOK_PORT": os.environ.get("TRELLIS_WEBHOOK_PORT", "0"),
         "TRELLIS_LOG_FORMAT": "text",
         "METAFLOW_USER": "trellis-tests",
     }

@@ -1,13 +1,35 @@
-"""ModelDeployment reconciler (serving + canary + drift). Foundation: Ready bookkeeping."""
+"""ModelDeployment reconciler: serve the target model version, canary each new one.
+
+Thin by design: read the Experiment's registered models, measure the canary's window
+when its interval is up, ask ``rollout.plan`` what happens next, make serving match
+(local processes or a SeldonDeployment), and return the status. Drift monitoring is a
+separate sub-step (``controller.drift_monitor``) that owns ``status.drift`` and the
+DriftDetected / AccuracyDegraded conditions.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from typing import Any
 
 from controller import api, conditions
+from controller.canary import Policy, analyse
 from controller.context import Context
-from controller.kube import MODEL_DEPLOYMENTS
+from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Outcome
+from controller.rollout import Plan, canary_due, plan, select_target
+from controller.serving.drivers import LocalDriver, SeldonDriver, ServingDriver, ServingState
+from controller.serving.metrics_source import (
+    Counters,
+    LocalScrape,
+    MetricsSource,
+    PrometheusQuery,
+    window,
+)
+from controller.serving.seldon import Predictor
+
+log = logging.getLogger("trellis.deployments")
 
 
 class ModelDeploymentReconciler:
@@ -15,15 +37,251 @@ class ModelDeploymentReconciler:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.drivers: dict[str, ServingDriver] = {}
+        self.sources: dict[str, MetricsSource] = {
+            "local": LocalScrape(),
+            "seldon": PrometheusQuery(ctx.settings.prometheus_url),
+        }
+        self.drift = None
+        self.receiver = None
+        self.receiver_runner = None
+
+    def driver(self, backend: str) -> ServingDriver:
+        if backend not in self.drivers:
+            self.drivers[backend] = (LocalDriver(self.ctx) if backend == "local"
+                                     else SeldonDriver(self.ctx))
+        return self.drivers[backend]
+
+    async def start(self) -> None:
+        from controller.drift_monitor import DriftMonitor
+
+        self.drift = DriftMonitor(self.ctx)
+        await self._start_receiver()
+
+    async def _start_receiver(self) -> None:
+        """Seldon's request logger (cluster mode) feeds the drift log through this."""
+        from aiohttp import web
+
+        from controller.serving.cloudevents import Receiver
+
+        port = self.ctx.settings.request_logger_port
+        if port < 0:
+            return
+        self.receiver = Receiver(self.ctx.settings.request_log_dir)
+        runner = web.AppRunner(self.receiver.app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "0.0.0.0", port).start()
+        except OSError as exc:
+            log.error("request-logger receiver disabled: cannot listen on port %d (%s)",
+                      port, exc)
+            await runner.cleanup()
+            return
+        self.receiver_runner = runner
+        bound = runner.addresses[0][1] if runner.addresses else port
+        self.ctx.extras["request_logger_port"] = bound
 
     async def reconcile(self, obj: dict[str, Any]) -> Outcome:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        gen = meta["generation"]
         status = dict(obj.get("status") or {})
-        gen = obj["metadata"]["generation"]
+        now = dt.datetime.now(dt.UTC)
+        policy = Policy.from_spec(spec)
+        backend = spec.get("backend", "local")
         status["observedGeneration"] = gen
-        status["conditions"] = conditions.set_condition(
-            status.get("conditions"), api.Cond.READY, True, api.Reason.RECONCILED,
-            "spec accepted", gen)
-        return Outcome(status)
+
+        exp = await self.ctx.kube.get(EXPERIMENTS, meta["namespace"],
+                                      spec["model"]["experiment"])
+        if exp is None:
+            return self._not_ready(status, gen, api.Reason.EXPERIMENT_NOT_FOUND,
+                                   f"Experiment {spec['model']['experiment']!r} not found in "
+                                   f"namespace {meta['namespace']}")
+        models = (exp.get("status") or {}).get("models") or []
+        target = select_target(spec, models, status.get("rejectedVersions") or [], gen)
+
+        analysis = None
+        if canary_due(status.get("canary"), policy, now) and status.get("endpoint"):
+            analysis = await self._analyse(obj, status, policy, backend)
+        p = plan(status, target, policy, gen, analysis, now)
+
+        predictors = _predictors(p)
+        if not predictors:
+            return self._not_ready(status, gen, target.reason, target.message)
+        try:
+            token = await self._auth_token(obj)
+        except MissingSecret as exc:
+            return self._not_ready(status, gen, api.Reason.AUTH_SECRET_MISSING, str(exc))
+        drift_on = bool((spec.get("drift") or {}).get("enabled"))
+        serving = await self.driver(backend).apply(obj, predictors, drift_logging=drift_on,
+                                                   auth_token=token)
+        self._record_metrics(p)
+        if p.canary is not None and (p.needs_baseline or not p.canary.get("baseline")):
+            if serving.ready:
+                p.canary["baseline"] = await self._baseline(obj, serving, p, backend)
+                p.canary["stepStartedAt"] = conditions.now_iso(now)
+            else:
+                p.canary.pop("baseline", None)
+
+        status.update(self._rollout_status(p, serving))
+        status["conditions"] = self._conditions(status, p, serving, target, gen)
+        status["phase"] = _phase(p, serving)
+        events = list(p.events)
+        if self.drift is not None and drift_on:
+            events += await self.drift.check(obj, status, exp)
+        elif "drift" in status:
+            status.pop("drift")
+            status["conditions"] = conditions.remove_condition(status["conditions"],
+                                                               api.Cond.DRIFT_DETECTED)
+        return Outcome(status, events, requeue_after=self._requeue(p, policy, serving, obj))
+
+    # ------------------------------------------------------------------ steps
+    async def _analyse(self, obj: dict[str, Any], status: dict[str, Any], policy: Policy,
+                       backend: str):
+        source = self.sources[backend]
+        canary, stable = status["canary"], status.get("stable")
+        baseline = canary.get("baseline") or {}
+        probe = {**obj, "status": status}
+        now_c = await source.counters(probe, "canary", canary["version"])
+        canary_w = window(now_c, Counters.from_dict(baseline.get("canary")))
+        stable_w = None
+        if stable:
+            now_s = await source.counters(probe, "stable", stable["version"])
+            stable_w = window(now_s, Counters.from_dict(baseline.get("stable")))
+        return analyse(policy, canary_w, stable_w)
+
+    async def _baseline(self, obj: dict[str, Any], serving: ServingState, p: Plan,
+                        backend: str) -> dict[str, Any]:
+        source = self.sources[backend]
+        probe = {**obj, "status": {**(obj.get("status") or {}), "endpoint": serving.endpoint}}
+        out: dict[str, Any] = {}
+        for name, entry in (("stable", p.stable), ("canary", p.canary)):
+            if entry:
+                out[name] = (await source.counters(probe, name, entry["version"])).to_dict()
+        return out
+
+    async def _auth_token(self, obj: dict[str, Any]) -> str | None:
+        auth = (obj.get("spec") or {}).get("auth")
+        if not auth:
+            return None
+        ref = auth["secretRef"]
+        data = await self.ctx.kube.secret_data(obj["metadata"]["namespace"], ref["name"])
+        key = ref.get("key", "token")
+        if data is None:
+            raise MissingSecret(f"auth Secret {ref['name']!r} not found")
+        if key not in data or not data[key].strip():
+            raise MissingSecret(f"auth Secret {ref['name']!r} has no key {key!r}")
+        return data[key].decode().strip()
+
+    def _record_metrics(self, p: Plan) -> None:
+        if p.decision in ("advance", "promote", "rollback"):
+            self.ctx.metrics.canary.labels(p.decision).inc()
+
+    # ----------------------------------------------------------------- status
+    def _rollout_status(self, p: Plan, serving: ServingState) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "stable": p.stable, "canary": p.canary, "rollouts": p.rollouts or None,
+            "rejectedVersions": p.rejected or None, "endpoint": serving.endpoint,
+            "stableVersion": f"v{p.stable['version']}" if p.stable else None,
+            "canaryVersion": f"v{p.canary['version']}" if p.canary else None,
+        }
+        return {k: v for k, v in out.items() if v is not None} | {
+            k: None for k, v in out.items() if v is None}
+
+    def _conditions(self, status: dict[str, Any], p: Plan, serving: ServingState, target,
+                    gen: int) -> list[dict[str, Any]]:
+        conds = status.get("conditions")
+        stable_v = p.stable["version"] if p.stable else None
+        if serving.ready:
+            msg = f"serving v{stable_v} at {serving.endpoint}"
+            if p.canary:
+                msg += f"; canary v{p.canary['version']} at {p.canary['weight']}%"
+            conds = conditions.set_condition(conds, api.Cond.READY, True, api.Reason.SERVING,
+                                             msg, gen)
+        else:
+            conds = conditions.set_condition(conds, api.Cond.READY, False, api.Reason.DEPLOYING,
+                                             serving.message, gen)
+        if p.canary:
+            step = int(p.canary["step"])
+            last = (p.canary.get("analyses") or [{}])[-1].get("reason", "")
+            conds = conditions.set_condition(
+                conds, api.Cond.PROGRESSING, True,
+                api.Reason.CANARY_ADVANCED if step else api.Reason.CANARY_STARTED,
+                f"canary v{p.canary['version']} step {step + 1} at {p.canary['weight']}%"
+                + (f" ({last})" if last else ""), gen)
+        else:
+            conds = conditions.remove_condition(conds, api.Cond.PROGRESSING)
+        if p.decision == "rollback":
+            rej = p.rejected[-1]
+            conds = conditions.set_condition(conds, api.Cond.ROLLED_BACK, True,
+                                             api.Reason.CANARY_ROLLED_BACK,
+                                             f"v{rej['version']} rolled back: {rej['message']}",
+                                             gen)
+        elif p.decision == "promote":
+            conds = conditions.remove_condition(conds, api.Cond.ROLLED_BACK)
+        return conds
+
+    def _not_ready(self, status: dict[str, Any], gen: int, reason: str,
+                   message: str) -> Outcome:
+        status["conditions"] = conditions.set_condition(status.get("conditions"),
+                                                        api.Cond.READY, False, reason, message,
+                                                        gen)
+        status["phase"] = api.Phase.PENDING if not status.get("stable") else api.Phase.DEGRADED
+        return Outcome(status, requeue_after=None)
+
+    def _requeue(self, p: Plan, policy: Policy, serving: ServingState,
+                 obj: dict[str, Any]) -> float | None:
+        if not serving.ready:
+            return 2.0
+        delays = []
+        if p.canary:
+            started = p.canary.get("stepStartedAt")
+            elapsed = (dt.datetime.now(dt.UTC) - conditions.parse_time(started)).total_seconds() \
+                if started else 0.0
+            delays.append(max(0.5, policy.interval_s - elapsed))
+        if (obj.get("spec") or {}).get("auth"):
+            delays.append(5.0)  # pick up a rotated token without waiting for a resync
+        if self.drift is not None and ((obj.get("spec") or {}).get("drift") or {}).get("enabled"):
+            delays.append(self.drift.interval)
+        return min(delays) if delays else None
+
+    # ---------------------------------------------------------------- helpers
+    def related(self, obj: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+        return []
 
     async def cleanup(self, obj: dict[str, Any]) -> None:
-        return None
+        backend = (obj.get("spec") or {}).get("backend", "local")
+        await self.driver(backend).teardown(obj)
+
+    async def close(self) -> None:
+        if self.receiver_runner is not None:
+            await self.receiver_runner.cleanup()
+        if self.receiver is not None:
+            self.receiver.close()
+        for driver in self.drivers.values():
+            closer = getattr(driver, "close", None)
+            if closer is not None:
+                await closer()
+
+
+class MissingSecret(RuntimeError):
+    pass
+
+
+def _predictors(p: Plan) -> list[Predictor]:
+    out = []
+    canary_w = int(p.canary["weight"]) if p.canary else 0
+    if p.stable:
+        out.append(Predictor("stable", int(p.stable["version"]), p.stable["modelUri"],
+                             100 - canary_w))
+    if p.canary:
+        out.append(Predictor("canary", int(p.canary["version"]), p.canary["modelUri"],
+                             canary_w if p.stable else 100))
+    return out
+
+
+def _phase(p: Plan, serving: ServingState) -> str:
+    if not serving.ready:
+        return api.Phase.DEPLOYING if p.decision == "deploy" or not p.stable else \
+            api.Phase.DEGRADED
+    return api.Phase.PROGRESSING if p.canary else api.Phase.SERVING
+

@@ -1,29 +1,321 @@
-"""Experiment reconciler (Metaflow runs → model versions). Foundation: Ready bookkeeping."""
+"""Experiment reconciler: one Metaflow run per generation (and per drift episode),
+followed to completion and registered as a model version when it meets the objective.
+
+The decisions live in ``controller.training.decide``; this module reads the world
+(flow file, run state), launches through a training backend, and returns the status.
+Launching is two-phase — first ``status.currentRun`` is written, then the run starts —
+so an operator killed at any moment re-attaches instead of launching twice.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 from controller import api, conditions
 from controller.context import Context
 from controller.kube import EXPERIMENTS
-from controller.loop import Outcome
+from controller.loop import Event, Outcome
+from controller.training import decide
+from controller.training.decide import Backoff, Idle, Launch, Observe, RunKey
+from controller.training.kubernetes import KubernetesTrainingBackend, render_job
+from controller.training.preflight import Preflight, preflight
+
+log = logging.getLogger("trellis.experiments")
+POLL_SECONDS = 2.0
 
 
 class ExperimentReconciler:
     resource = EXPERIMENTS
 
     def __init__(self, ctx: Context) -> None:
+        from controller.training.local import LocalTrainingBackend
+
         self.ctx = ctx
+        self.local = LocalTrainingBackend(
+            ctx.settings.datastore_root, python=ctx.settings.training_python or sys.executable)
+        self.cluster = KubernetesTrainingBackend(ctx.kube, ctx.settings)
+
+    def related(self, obj: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+        # A new model version matters to every ModelDeployment in the namespace.
+        return [(api.MODEL_DEPLOYMENT.kind, obj["metadata"]["namespace"], None)]
 
     async def reconcile(self, obj: dict[str, Any]) -> Outcome:
+        meta, spec = obj["metadata"], obj["spec"]
+        gen = meta["generation"]
         status = dict(obj.get("status") or {})
-        gen = obj["metadata"]["generation"]
         status["observedGeneration"] = gen
-        status["conditions"] = conditions.set_condition(
-            status.get("conditions"), api.Cond.READY, True, api.Reason.RECONCILED,
-            "spec accepted", gen)
-        return Outcome(status)
+        now = dt.datetime.now(dt.UTC)
+        events: list[Event] = []
+        requeue: float | None = None
+
+        revision = (meta.get("annotations") or {}).get(api.ANN_FLOW_REVISION, "")
+        action = decide.next_action(spec, status, gen, now, revision)
+        if isinstance(action, Launch):
+            check = await asyncio.to_thread(preflight, obj, self._source_root(obj),
+                                            self._extra_parameters(obj, action.key))
+            if check.problem:
+                return self._stalled(status, gen, check)
+            status["currentRun"] = self._new_run(obj, action, check)
+            status.pop("progress", None)
+            requeue = 0.1
+        elif isinstance(action, Observe):
+            requeue = POLL_SECONDS
+            events += await self._observe(obj, status, action.current)
+        elif isinstance(action, Backoff):
+            requeue = action.seconds
+        status["conditions"] = conditions.remove_condition(status.get("conditions"),
+                                                           api.Cond.STALLED)
+        self._summarise(status, spec, gen, action)
+        return Outcome(status, events, requeue_after=requeue)
+
+    # --------------------------------------------------------------- running
+    def _new_run(self, obj: dict[str, Any], action: Launch, check: Preflight) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = action.key
+        run_id = f"g{key.generation}-a{action.attempt}" + (f"-{key.trigger}" if key.trigger else "")
+        workdir = (self.ctx.settings.training_dir / meta["namespace"] / meta["name"]
+                   / meta["uid"] / run_id)
+        current = {
+            "generation": key.generation, "attempt": action.attempt, "trigger": key.trigger,
+            "flowRevision": key.revision,
+            "workdir": str(workdir), "launched": False,
+            "startedAt": conditions.now_iso(), "commit": check.commit,
+        }
+        return {k: v for k, v in current.items() if v not in (None, "")} | {
+            "trigger": key.trigger}
+
+    def _tags(self, obj: dict[str, Any], current: dict[str, Any]) -> dict[str, str]:
+        meta = obj["metadata"]
+        tags = {"trellis.namespace": meta["namespace"], "trellis.name": meta["name"],
+                "trellis.uid": meta["uid"], "trellis.generation": str(current["generation"]),
+                "trellis.attempt": str(current["attempt"])}
+        if current.get("trigger"):
+            tags["trellis.trigger"] = current["trigger"]
+        return tags
+
+    async def _observe(self, obj: dict[str, Any], status: dict[str, Any],
+                       current: dict[str, Any]) -> list[Event]:
+        if obj["spec"].get("backend", "local") == "kubernetes":
+            return await self._observe_job(obj, status, current)
+        from controller.training.local import RunRef, RunRequest
+
+        key = RunKey(int(current["generation"]), current.get("trigger") or "")
+        if not current.get("launched"):
+            return await self._launch_local(obj, status, current, key, RunRequest)
+        ref = RunRef(pathspec=current.get("pathspec"), pid=current.get("pid"),
+                     workdir=current["workdir"])
+        seen = await self.local.observe(ref)
+        if seen.pathspec and seen.pathspec != current.get("pathspec"):
+            current = {**current, "pathspec": seen.pathspec}
+            status["currentRun"] = current
+        if seen.state in ("starting", "running"):
+            status["progress"] = {k: v for k, v in (("step", seen.step), ("epoch", seen.epoch),
+                                                    ("epochs", seen.epochs)) if v is not None}
+            return []
+        return self._finish(obj, status, current, seen.state, {
+            "pathspec": seen.pathspec, "metrics": seen.metrics, "epochs": seen.epoch_metrics,
+            "model_uri": seen.model_uri, "reference_uri": seen.reference_uri,
+            "commit": seen.commit, "dataset_fingerprint": seen.dataset_fingerprint,
+            "error": seen.error,
+        })
+
+    async def _launch_local(self, obj, status, current, key: RunKey, request_cls) -> list[Event]:
+        spec = obj["spec"]
+        root = self._source_root(obj)
+        existing = await self.local.find(self._tags(obj, current))
+        if existing:  # launched just before a restart: adopt it
+            ref = existing[0]
+        else:
+            ref = await self.local.launch(request_cls(
+                flow_file=root / spec["flow"]["file"], flow_name=spec["flow"]["name"],
+                parameters={**(spec.get("parameters") or {}),
+                            **self._extra_parameters(obj, key)},
+                tags=self._tags(obj, current), resources=spec.get("resources"),
+                workdir=Path(current["workdir"]),
+                env={"TRELLIS_SOURCE_COMMIT": current.get("commit") or "",
+                     "TRELLIS_MODEL_STORE": str(self.ctx.settings.model_store)},
+            ))
+        status["currentRun"] = {**current, "launched": True,
+                                **({"pid": ref.pid} if ref.pid else {}),
+                                **({"pathspec": ref.pathspec} if ref.pathspec else {})}
+        self.ctx.metrics.runs.labels("started").inc()
+        what = "re-attached to" if existing else "started"
+        return [Event(api.Reason.RUN_STARTED, f"{what} run for {key.label()}, attempt "
+                      f"{current['attempt']}")]
+
+    async def _observe_job(self, obj, status, current) -> list[Event]:
+        meta, spec = obj["metadata"], obj["spec"]
+        key = RunKey(int(current["generation"]), current.get("trigger") or "")
+        if not current.get("launched"):
+            ann = meta.get("annotations") or {}
+            job = render_job(obj, key, int(current["attempt"]), self.ctx.settings,
+                             parameters={**(spec.get("parameters") or {}),
+                                         **self._extra_parameters(obj, key)},
+                             tags=self._tags(obj, current), commit=current.get("commit"),
+                             source_url=ann.get(api.ANN_SOURCE_URL))
+            created = await self.cluster.launch(job)
+            status["currentRun"] = {**current, "launched": True,
+                                    "job": created["metadata"]["name"]}
+            self.ctx.metrics.runs.labels("started").inc()
+            return [Event(api.Reason.RUN_STARTED, f"Job {created['metadata']['name']} created "
+                          f"for {key.label()}, attempt {current['attempt']}")]
+        state, message = await self.cluster.observe(meta["namespace"], current["job"])
+        if state == "running":
+            status["progress"] = {"step": "job"}
+            return []
+        result: dict[str, Any] = {"error": message}
+        if state == "succeeded":
+            try:
+                result = await self.cluster.artifacts(spec["flow"]["name"],
+                                                      self._tags(obj, current))
+            except Exception as exc:  # the Job finished but its artifacts are unreadable
+                state, result = "failed", {"error": f"cannot read the run's artifacts: {exc}"}
+        return self._finish(obj, status, current, state, result)
+
+    # ------------------------------------------------------------ completion
+    def _finish(self, obj: dict[str, Any], status: dict[str, Any], current: dict[str, Any],
+                state: str, result: dict[str, Any]) -> list[Event]:
+        spec = obj["spec"]
+        now = conditions.now_iso()
+        started = conditions.parse_time(current.get("startedAt"))
+        record: dict[str, Any] = {
+            "pathspec": result.get("pathspec") or current.get("pathspec") or "",
+            "generation": int(current["generation"]), "attempt": int(current["attempt"]),
+            "trigger": current.get("trigger") or "",
+            "flowRevision": current.get("flowRevision") or "",
+            "commit": result.get("commit") or current.get("commit") or "",
+            "startedAt": current.get("startedAt", now), "finishedAt": now,
+            "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items()
+                        if isinstance(v, int | float)},
+            "epochs": [{k: float(v) for k, v in e.items() if isinstance(v, int | float)}
+                       for e in result.get("epochs") or result.get("epoch_metrics") or []],
+        }
+        if started:
+            record["durationSeconds"] = round(
+                (conditions.parse_time(now) - started).total_seconds(), 1)
+        events: list[Event] = []
+        models = list(status.get("models") or [])
+        if state == "succeeded":
+            ok, sentence = decide.objective_met(spec["objective"], record["metrics"])
+            record["phase"] = decide.SUCCEEDED
+            if ok and not any(m.get("run") == record["pathspec"] for m in models):
+                version = decide.next_version(models)
+                models.append({k: v for k, v in {
+                    "version": version, "run": record["pathspec"], "metrics": record["metrics"],
+                    "artifactUri": result.get("model_uri"),
+                    "referenceUri": result.get("reference_uri"),
+                    "commit": record["commit"], "trigger": record["trigger"] or None,
+                    "datasetFingerprint": result.get("dataset_fingerprint"),
+                    "createdAt": now,
+                }.items() if v not in (None, "")})
+                record.update(reason=api.Reason.MODEL_REGISTERED,
+                              message=f"model v{version} registered: {sentence}")
+                self.ctx.metrics.runs.labels("succeeded").inc()
+                self.ctx.metrics.models.inc()
+            else:
+                record.update(reason=api.Reason.OBJECTIVE_NOT_MET,
+                              message=f"objective not met: {sentence}; no model registered")
+                self.ctx.metrics.runs.labels("objective_not_met").inc()
+                events.append(Event(api.Reason.OBJECTIVE_NOT_MET, record["message"], "Warning"))
+        else:
+            lost = state == "lost"
+            error = (result.get("error") or "").strip() or (
+                "the run's process is gone and it never finished" if lost else "run failed")
+            record.update(phase=decide.FAILED,
+                          reason=api.Reason.RUN_LOST if lost else api.Reason.RUN_FAILED,
+                          message=error[-3000:])
+            self.ctx.metrics.runs.labels("failed").inc()
+        record["message"] = record.get("message", "")
+        status["runs"] = decide.trim_runs([*(status.get("runs") or []), record])
+        status["models"] = models or None
+        status["currentRun"] = None
+        status["progress"] = None
+        return events
+
+    # ---------------------------------------------------------------- status
+    def _summarise(self, status: dict[str, Any], spec: dict[str, Any], gen: int,
+                   action: decide.Action) -> None:
+        runs = status.get("runs") or []
+        current = status.get("currentRun")
+        models = status.get("models") or []
+        status["phase"] = decide.phase_of(status, gen)
+        last = runs[-1] if runs else None
+        status["lastRun"] = (current or {}).get("pathspec") or (last or {}).get("pathspec") \
+            or None
+        metric = spec["objective"]["metric"]
+        if last and metric in (last.get("metrics") or {}):
+            status["objectiveValue"] = f"{metric}={last['metrics'][metric]:.4f}"
+        status["latestModel"] = f"v{models[-1]['version']}" if models else None
+        conds = status.get("conditions")
+        if current:
+            progress = status.get("progress") or {}
+            where = f" step {progress['step']}" if progress.get("step") else ""
+            if progress.get("epochs"):
+                where += f", epoch {progress.get('epoch', 0)}/{progress['epochs']}"
+            reason = api.Reason.RUN_RUNNING if current.get("launched") else api.Reason.RUN_PENDING
+            msg = (f"run {current.get('pathspec') or '(starting)'} for generation "
+                   f"{current['generation']}, attempt {current['attempt']}{where}")
+            conds = conditions.set_condition(conds, api.Cond.READY, False, reason, msg, gen)
+        elif isinstance(action, Backoff):
+            conds = conditions.set_condition(
+                conds, api.Cond.READY, False, api.Reason.RETRYING,
+                f"attempt {action.attempt - 1} failed: {_last_line(last)}; retrying in "
+                f"{action.seconds:.0f}s", gen)
+        elif isinstance(action, Idle) and action.exhausted is not None:
+            conds = conditions.set_condition(
+                conds, api.Cond.READY, False, api.Reason.RETRIES_EXHAUSTED,
+                f"{action.exhausted.label()} failed after "
+                f"{len(decide.runs_of(runs, action.exhausted))} attempt(s): "
+                f"{(last or {}).get('message', '')}", gen)
+            conds = conditions.set_condition(conds, api.Cond.STALLED, True,
+                                             api.Reason.RETRIES_EXHAUSTED,
+                                             "change the spec to try again", gen)
+        elif last is not None:
+            ok = last.get("reason") == api.Reason.MODEL_REGISTERED
+            conds = conditions.set_condition(conds, api.Cond.READY, ok, last.get("reason", ""),
+                                             last.get("message", ""), gen)
+        else:
+            conds = conditions.set_condition(conds, api.Cond.READY, False,
+                                             api.Reason.RUN_PENDING, "no run yet", gen)
+        status["conditions"] = conds
+
+    def _stalled(self, status: dict[str, Any], gen: int, check: Preflight) -> Outcome:
+        status["phase"] = api.Phase.FAILED
+        conds = conditions.set_condition(status.get("conditions"), api.Cond.READY, False,
+                                         check.reason, check.problem, gen)
+        status["conditions"] = conditions.set_condition(conds, api.Cond.STALLED, True,
+                                                        check.reason, check.problem, gen)
+        # Nothing will change until the spec or the flow file does: no retry storm.
+        return Outcome(status, requeue_after=None)
+
+    # --------------------------------------------------------------- helpers
+    def _source_root(self, obj: dict[str, Any]) -> Path:
+        ann = obj["metadata"].get("annotations") or {}
+        checkout = ann.get(api.ANN_SOURCE_CHECKOUT)
+        return Path(checkout) if checkout else Path(self.ctx.settings.flows_root)
+
+    def _extra_parameters(self, obj: dict[str, Any], key: RunKey) -> dict[str, Any]:
+        """Retraining adds the labelled live data the drift monitor exported."""
+        retrain = (obj.get("status") or {}).get("retrain") or {}
+        if key.trigger and retrain.get("episode") == key.trigger and retrain.get("feedbackUri") \
+                and (obj["spec"].get("retrain") or {}).get("includeFeedback", True):
+            return {"feedback_uri": retrain["feedbackUri"]}
+        return {}
 
     async def cleanup(self, obj: dict[str, Any]) -> None:
-        return None
+        current = (obj.get("status") or {}).get("currentRun")
+        if current and current.get("launched") and obj["spec"].get("backend") != "kubernetes":
+            from controller.training.local import RunRef
+
+            await self.local.cancel(RunRef(pathspec=current.get("pathspec"),
+                                           pid=current.get("pid"), workdir=current["workdir"]))
+
+
+def _last_line(run: dict[str, Any] | None) -> str:
+    lines = ((run or {}).get("message") or "").strip().splitlines()
+    return lines[-1] if lines else "unknown error"

@@ -6,13 +6,27 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.support.gitrepo import GitRepo
 from tests.support.kube import Cluster, condition, wait_for
-from tests.support.specs import SPEC_REPO
+from tests.support.specs import base
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def spec_repo(tmp_path: Path) -> dict:
+    """A SpecRepository for a real (local, bare) git repository with one README."""
+    repo = GitRepo(tmp_path / "git")
+    repo.write("specs/README.md", "no specs yet\n")
+    repo.commit_and_push("empty farm")
+    return {"apiVersion": "mlops.trellis.dev/v1alpha1", "kind": "SpecRepository",
+            "metadata": {"name": "farm"},
+            "spec": {"url": str(repo.remote), "ref": {"branch": "main"}, "path": "specs",
+                     "interval": "1m"}}
 
 
 def ready_for_generation(cluster: Cluster, kind: str, name: str, ns: str, gen: int):
@@ -27,8 +41,8 @@ def ready_for_generation(cluster: Cluster, kind: str, name: str, ns: str, gen: i
 
 
 def test_specrepository_gets_observed_generation_and_ready(
-        cluster: Cluster, namespace: str, operator: None) -> None:
-    cluster.apply(SPEC_REPO, namespace)
+        cluster: Cluster, namespace: str, operator: None, spec_repo: dict) -> None:
+    cluster.apply(spec_repo, namespace)
     obj = ready_for_generation(cluster, "specrepo", "farm", namespace, 1)
     cond = condition(obj, "Ready")
     assert set(cond) >= {"type", "status", "reason", "message", "lastTransitionTime",
@@ -43,8 +57,9 @@ def test_specrepository_gets_observed_generation_and_ready(
     ready_for_generation(cluster, "specrepo", "farm", namespace, 2)
 
 
-def test_kubectl_wait_for_ready_returns(cluster: Cluster, namespace: str, operator: None) -> None:
-    cluster.apply(SPEC_REPO, namespace)
+def test_kubectl_wait_for_ready_returns(cluster: Cluster, namespace: str, operator: None,
+                                        spec_repo: dict) -> None:
+    cluster.apply(spec_repo, namespace)
     proc = cluster.kubectl("wait", "--for=condition=Ready", "specrepo/farm", "-n", namespace,
                            "--timeout=60s", check=False)
     assert proc.returncode == 0, proc.stderr
@@ -52,8 +67,8 @@ def test_kubectl_wait_for_ready_returns(cluster: Cluster, namespace: str, operat
 
 
 def test_events_posted_on_transitions_only(cluster: Cluster, namespace: str,
-                                          operator: None) -> None:
-    cluster.apply(SPEC_REPO, namespace)
+                                          operator: None, spec_repo: dict) -> None:
+    cluster.apply(spec_repo, namespace)
     ready_for_generation(cluster, "specrepo", "farm", namespace, 1)
     cluster.kubectl("patch", "specrepo", "farm", "-n", namespace, "--type=merge",
                     "-p", json.dumps({"spec": {"interval": "7m"}}))
@@ -61,14 +76,24 @@ def test_events_posted_on_transitions_only(cluster: Cluster, namespace: str,
     time.sleep(6)  # at least one resync pass (TRELLIS_RESYNC_SECONDS=5)
     events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
     mine = [e for e in events["items"] if e["involvedObject"]["name"] == "farm"]
-    assert len(mine) >= 1
-    assert sum(e.get("count", 1) for e in mine) == len(mine) == 1, mine
+    # one Event for the transition to Ready; the spec change and the resyncs add none
+    assert [e["reason"] for e in mine] == ["Synced"], mine
+    assert all(e.get("count", 1) == 1 for e in mine)
 
 
-def test_quiet_when_nothing_changes(cluster: Cluster, namespace: str, operator: None) -> None:
-    """No writes at all over a long window of resyncs once everything is reconciled."""
-    cluster.apply(SPEC_REPO, namespace)
+def test_quiet_when_nothing_changes(cluster: Cluster, namespace: str, operator: None,
+                                    spec_repo: dict) -> None:
+    """No writes at all over a long window of resyncs once every kind is settled."""
+    cluster.apply(spec_repo, namespace)
+    exp = base("Experiment")
+    exp["spec"]["flow"]["file"] = "flows/absent.py"  # settles as Stalled: nothing to run
+    cluster.apply(exp, namespace)
+    cluster.apply(base("ModelDeployment"), namespace)  # settles waiting for a model
     ready_for_generation(cluster, "specrepo", "farm", namespace, 1)
+    wait_for(lambda: condition(cluster.get("exp", "classifier", namespace), "Stalled"),
+             timeout=60, what="Experiment settled")
+    wait_for(lambda: condition(cluster.get("mdep", "classifier", namespace), "Ready"),
+             timeout=60, what="ModelDeployment settled")
     time.sleep(3)
     watch = subprocess.Popen(
         [cluster.kubectl_path, f"--kubeconfig={cluster.kubeconfig}", "get", "mlops,events",
@@ -78,9 +103,12 @@ def test_quiet_when_nothing_changes(cluster: Cluster, namespace: str, operator: 
     reader = threading.Thread(target=lambda: seen.extend(iter(watch.stdout.readline, "")),
                               daemon=True)
     reader.start()
-    before = cluster.get("specrepo", "farm", namespace)["metadata"]["resourceVersion"]
-    time.sleep(75)  # 15 resync passes at TRELLIS_RESYNC_SECONDS=5
-    after = cluster.get("specrepo", "farm", namespace)["metadata"]["resourceVersion"]
+    kinds = ("specrepo/farm", "exp/classifier", "mdep/classifier")
+    before = {k: cluster.get(*k.split("/"), namespace)["metadata"]["resourceVersion"]
+              for k in kinds}
+    time.sleep(75)  # 15 resync passes of each object at TRELLIS_RESYNC_SECONDS=5
+    after = {k: cluster.get(*k.split("/"), namespace)["metadata"]["resourceVersion"]
+             for k in kinds}
     watch.terminate()
     watch.wait(timeout=10)
     assert before == after

@@ -1,0 +1,113 @@
+# syntax=docker/dockerfile:1
+# Trellis images, one file, three targets:
+#
+#   docker build --target controller    -t ghcr.io/trellis-mlops/controller:0.1.0 .
+#   docker build --target trainer       -t ghcr.io/trellis-mlops/trainer:0.1.0 .
+#   docker build --target model-server  -t ghcr.io/trellis-mlops/model-server:0.1.0 .
+#
+# The environments come from the same lock files `make test` installs: uv.lock for the
+# operator/CLI and the trainer (kopf, kubernetes, metaflow, torch), serving/requirements.lock
+# for the model server (seldon-core 1.17.1, which cannot share an environment with kopf).
+# Build stages hold uv and the caches; final stages hold a venv, the code they run, a
+# non-root user, and no build tools. tests/unit/test_dockerfile.py checks all of this.
+
+# Exact tags (add @sha256:<digest> when mirroring into a private registry).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The uv release the Makefile uses (UV_VERSION there), so both resolve the lock alike.
+ARG UV_VERSION=0.13.8
+
+# ---------------------------------------------------------------------------- base
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# One unprivileged user for every image; uid 10001 is what the training Job's
+# securityContext asks for (controller/training/kubernetes.py).
+RUN groupadd --gid 10001 trellis \
+ && useradd --uid 10001 --gid 10001 --home-dir /home/trellis --create-home \
+      --shell /usr/sbin/nologin trellis
+
+# --------------------------------------------------------------------------- build
+# Resolves nothing: installs exactly what the lock files say (--frozen / pip sync).
+FROM base AS build
+ARG UV_VERSION
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+ENV UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=/usr/local/bin/python3.11 \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+# Dependencies first (the slow, rarely changing layer), then the project itself.
+COPY pyproject.toml uv.lock README.md ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
+COPY controller ./controller
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable
+
+# The model server's environment, as `make serving-env` builds it.
+FROM build AS build-serving
+COPY serving/requirements.lock ./serving/requirements.lock
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv venv /app/.venv-serving \
+ && VIRTUAL_ENV=/app/.venv-serving uv pip sync serving/requirements.lock
+
+# ---------------------------------------------------------------------- controller
+# The operator and the CLI: `trellis operator --peering trellis --liveness-port 8080`.
+# git (and ssh for git@/ssh:// URLs) is what SpecRepository fetches run.
+FROM base AS controller
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends git openssh-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY --from=build /app/.venv /app/.venv
+# TRELLIS_HOME holds the CRDs (the one source of truth `trellis validate` reads) and the
+# flows that local-mode Experiments without a SpecRepository train from.
+COPY crds ./crds
+COPY flows ./flows
+ENV PATH=/app/.venv/bin:$PATH \
+    TRELLIS_HOME=/app \
+    TRELLIS_STATE_DIR=/var/lib/trellis \
+    HOME=/tmp
+USER 10001:10001
+EXPOSE 8000 8001 8080
+ENTRYPOINT ["/app/.venv/bin/trellis"]
+CMD ["operator", "--peering", "trellis", "--liveness-port", "8080"]
+
+# ------------------------------------------------------------------------- trainer
+# What a `backend: kubernetes` Experiment's Job runs: `python /app/flows/<flow>.py
+# --datastore=s3 run --with kubernetes:...` (or the same from /workspace/src, cloned by
+# the Job's initContainer with this image's git). Metaflow, torch and boto3 come with
+# the operator's lock, so a flow trains with exactly the packages `make test` tests.
+FROM base AS trainer
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY --from=build /app/.venv /app/.venv
+COPY flows ./flows
+# Metaflow's local metadata (.metaflow) goes to the user's home, never into the code.
+ENV PATH=/app/.venv/bin:$PATH \
+    TRELLIS_HOME=/app \
+    HOME=/home/trellis \
+    METAFLOW_DATASTORE_SYSROOT_LOCAL=/home/trellis \
+    METAFLOW_USER=trellis
+USER 10001:10001
+CMD ["python", "/app/flows/pumpkin_flow.py", "--help"]
+
+# -------------------------------------------------------------------- model-server
+# Seldon Core v1 runs this as the predictor's container; its storage initializer puts
+# the model version (spec.predictors[].graph.modelUri) at /mnt/models.
+FROM base AS model-server
+WORKDIR /app/serving
+COPY --from=build-serving /app/.venv-serving /app/.venv-serving
+COPY serving/PumpkinModel.py ./PumpkinModel.py
+ENV PATH=/app/.venv-serving/bin:$PATH \
+    PYTHONPATH=/app/serving \
+    MODEL_URI=/mnt/models \
+    HOME=/tmp
+USER 10001:10001
+EXPOSE 9000 6000
+ENTRYPOINT ["/app/.venv-serving/bin/seldon-core-microservice", "PumpkinModel", \
+            "--service-type", "MODEL"]

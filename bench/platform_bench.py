@@ -1,0 +1,199 @@
+"""Training through the operator vs plain PyTorch, and serving latency three ways.
+
+1. Training: the example Experiment applied to a real dev cluster with the operator
+   running, timed from apply to Succeeded, against ``bench/baseline_train.py`` on the
+   same data (same seed, photos and epochs) — the ratio is what Trellis + Metaflow cost.
+2. Serving, side by side in one run with the model that training produced: requests
+   through the router + Seldon wrapper, straight to the Seldon wrapper, and the bare
+   TorchScript forward in-process (p50, p99, requests/s; overhead ratios).
+
+Prints JSON rows ``{"name","value","unit","baseline","baseline_value","ratio","notes"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from controller.devcluster.cluster import DevCluster  # noqa: E402
+
+PARAMS = {"seed": 7, "epochs": 4, "lr": 0.003, "variety": "orange"}
+
+
+def row(name: str, value: float, unit: str, baseline: str, baseline_value: float | None,
+        notes: str) -> dict[str, Any]:
+    ratio = round(value / baseline_value, 3) if baseline_value else None
+    return {"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
+            "baseline_value": None if baseline_value is None else round(baseline_value, 3),
+            "ratio": ratio, "notes": notes}
+
+
+def train_through_operator(work: Path) -> tuple[float, dict[str, Any]]:
+    cluster = DevCluster(work / "cluster")
+    st = cluster.up()
+    env = {**os.environ, "KUBECONFIG": st.kubeconfig, "TRELLIS_STATE_DIR": str(work / "state"),
+           "TRELLIS_METRICS_PORT": "0", "TRELLIS_WEBHOOK_PORT": "-1",
+           "METAFLOW_USER": os.environ.get("METAFLOW_USER", "trellis")}
+    log = open(work / "operator.log", "wb")  # noqa: SIM115
+    op = subprocess.Popen([sys.executable, "-m", "controller", "-n", "bench"], env=env,
+                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        cluster.kubectl("create", "namespace", "bench")
+        exp = {"apiVersion": "mlops.trellis.dev/v1alpha1", "kind": "Experiment",
+               "metadata": {"name": "classifier", "namespace": "bench"},
+               "spec": {"flow": {"file": "flows/pumpkin_flow.py", "name": "PumpkinFlow"},
+                        "parameters": PARAMS, "resources": {"cpu": 2},
+                        "objective": {"metric": "accuracy", "goal": "maximize",
+                                      "threshold": 0.9}}}
+        started = time.perf_counter()
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(exp))
+        while True:
+            out = cluster.kubectl("get", "exp", "classifier", "-n", "bench", "-o", "json").stdout
+            status = json.loads(out).get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed") and not status.get("currentRun"):
+                return time.perf_counter() - started, status
+            if time.perf_counter() - started > 900:
+                raise RuntimeError("training through the operator took over 15 minutes")
+            time.sleep(0.5)
+    finally:
+        op.terminate()
+        op.wait(timeout=30)
+        log.close()
+        cluster.down()
+
+
+def baseline(device: str = "cpu") -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "baseline_train.py"), "--device", device,
+         "--seed", str(PARAMS["seed"]), "--epochs", str(PARAMS["epochs"]),
+         "--lr", str(PARAMS["lr"]), "--variety", PARAMS["variety"]],
+        capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _image_body() -> bytes:
+    sys.path.insert(0, str(ROOT / "flows"))
+    import pumpkin_data
+
+    x = pumpkin_data.generate(1, seed=3).x.round(4)
+    return json.dumps({"data": {"ndarray": x.tolist()}}).encode()
+
+
+def time_http(url: str, body: bytes, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def time_forward(model_dir: Path, n: int) -> list[float]:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    model = torch.jit.load(str(model_dir / "model.pt"))
+    sys.path.insert(0, str(ROOT / "flows"))
+    import pumpkin_data
+
+    x = torch.from_numpy(np.ascontiguousarray(pumpkin_data.generate(1, seed=3).x,
+                                              dtype=np.float32))
+    times = []
+    with torch.no_grad():
+        for _ in range(n):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
+    from controller.serving.local import DesiredServing, LocalServingBackend, PredictorSpec
+
+    backend = LocalServingBackend(work / "serving", ROOT / ".venv-serving" / "bin" / "python",
+                                  ROOT / "serving")
+    desired = DesiredServing("bench", "classifier",
+                             [PredictorSpec("stable", 1, model_uri, 100)], None, 1 << 28, None)
+    observed = asyncio.run(backend.ensure(desired))
+    try:
+        body = _image_body()
+        direct = observed.predictors["stable"]
+        direct_url = f"http://127.0.0.1:{direct.port}/api/v1.0/predictions"
+        routed_url = observed.endpoint + "/api/v1.0/predictions"
+        time_http(routed_url, body, 20)  # warm both paths
+        time_http(direct_url, body, 20)
+        routed = time_http(routed_url, body, n)
+        straight = time_http(direct_url, body, n)
+        bare = time_forward(Path(model_uri.removeprefix("file://")), n)
+    finally:
+        asyncio.run(backend.teardown("bench", "classifier"))
+    rows = []
+    note = f"{n} sequential single-image requests (258 KB JSON), same model, same run"
+    for q in (50, 99):
+        r, d, b = pct(routed, q), pct(straight, q), pct(bare, q)
+        rows.append(row(f"serving p{q} latency: router + Seldon wrapper", r, "ms",
+                        "Seldon wrapper direct", d, note))
+        rows.append(row(f"serving p{q} latency: Seldon wrapper direct", d, "ms",
+                        "bare model forward in-process", b, note))
+        rows.append(row(f"serving p{q} latency: bare model forward in-process", b, "ms",
+                        "-", None, "TorchScript forward, 1 thread, batch of 1"))
+    rps = {k: n / (sum(v) / 1000) for k, v in
+           (("router", routed), ("direct", straight), ("bare", bare))}
+    rows.append(row("serving throughput: router + Seldon wrapper", rps["router"], "req/s",
+                    "Seldon wrapper direct", rps["direct"], note + "; sequential client"))
+    rows.append(row("serving throughput: Seldon wrapper direct", rps["direct"], "req/s",
+                    "bare model forward in-process", rps["bare"], note))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--out", help="also write the JSON rows here")
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
+        work = Path(tmp)
+        wall, status = train_through_operator(work)
+        base = baseline()
+        run = (status.get("runs") or [{}])[-1]
+        acc = run.get("metrics", {}).get("accuracy", 0.0)
+        rows.append(row("training run through the operator (apply → Succeeded)", wall, "s",
+                        "plain PyTorch script, same data and epochs", base["wall_seconds"],
+                        f"CPU, {PARAMS['epochs']} epochs, 3000 photos; held-out accuracy "
+                        f"{acc:.3f} vs {base['test_accuracy']:.3f}; Metaflow run "
+                        f"{run.get('durationSeconds')} s of it"))
+        rows.append(row("training throughput, plain PyTorch (CPU)", base["samples_per_second"],
+                        "samples/s", "-", None, f"{base['torch_threads']} torch threads"))
+        models = status.get("models") or []
+        if models:
+            rows += serving(models[-1]["artifactUri"], work, args.requests)
+    text = json.dumps(rows, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``make demo``: the pumpkin farm's whole story, run unattended, and its report."""

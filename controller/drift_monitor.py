@@ -1,0 +1,148 @@
+"""The ModelDeployment's drift sub-step: live inputs vs the stable model's reference.
+
+Owns ``status.drift`` and the DriftDetected / AccuracyDegraded conditions. Reads the
+request log (written by the local router, or by the CloudEvents receiver that Seldon's
+request logger feeds in a cluster), decides with ``drift_episodes.next_drift_state``,
+and on a retrain decision writes the Experiment's ``status.retrain`` *first* — the
+Experiment reconciler starts exactly one run per episode from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from controller import api, conditions
+from controller.context import Context
+from controller.drift import Reference
+from controller.drift_episodes import DriftPolicy, LastRetrain, next_drift_state
+from controller.kube import EXPERIMENTS
+from controller.logs import object_ref
+from controller.loop import Event
+from controller.serving.requestlog_read import RequestLogReader
+
+log = logging.getLogger("trellis.drift")
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path)
+    raise ValueError(f"reference {uri!r}: only file:// references are readable by the "
+                     "local drift monitor")
+
+
+class DriftMonitor:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.interval = ctx.settings.drift_interval_seconds
+        self._references: dict[str, Reference] = {}
+        self._seen: dict[tuple[str, str], str] = {}  # last input signature checked
+
+    def log_dir(self, obj: dict[str, Any]) -> Path:
+        meta = obj["metadata"]
+        return self.ctx.settings.request_log_dir / meta["namespace"] / meta["name"]
+
+    async def check(self, obj: dict[str, Any], status: dict[str, Any],
+                    exp: dict[str, Any]) -> list[Event]:
+        """Update ``status`` in place (drift + conditions); return the Events to post."""
+        stable = status.get("stable") or {}
+        ref_uri = stable.get("referenceUri")
+        if not ref_uri:
+            return []
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        objective = (exp.get("spec") or {}).get("objective") or {}
+        threshold = objective.get("threshold") if objective.get("metric") == "accuracy" else None
+        policy = DriftPolicy.from_spec(spec.get("drift"), threshold)
+        exp_cooldown = float(((exp.get("spec") or {}).get("retrain") or {})
+                             .get("cooldownSeconds", 0))
+        policy = dataclasses.replace(policy, cooldown_s=max(policy.cooldown_s, exp_cooldown))
+        reference = await self._reference(ref_uri)
+        reader = RequestLogReader(self.log_dir(obj))
+        previous = status.get("drift") or {}
+        # Labels that arrived after the detection describe the new world; the window that
+        # revealed the drift still mixes in the old one, so it is not learnt from.
+        ongoing = previous.get("detected") and previous.get("referenceVersion") == int(
+            stable["version"]) and previous.get("detectedAt")
+        onset = conditions.parse_time(previous["detectedAt"]).timestamp() if ongoing else None
+        window, labelled, accuracy, onset, since_onset = await asyncio.to_thread(
+            self._observe, reader, policy.window, int(stable["version"]), onset)
+        key = (meta["namespace"], meta["name"])
+        signature = hashlib.sha1(
+            window.tobytes() + f"{labelled}/{accuracy}/{ref_uri}".encode()).hexdigest()
+        if self._seen.get(key) == signature and status.get("drift"):
+            return []  # nothing new since the last check: no verdict, no write
+        self._seen[key] = signature
+
+        result = None
+        if len(window) >= policy.min_samples and window.shape[1] == len(reference.feature_names):
+            result = policy.evaluate(reference, window)
+        deployment = f"{meta['namespace']}/{meta['name']}"
+        exp_status = exp.get("status") or {}
+        wants_labels = ((exp.get("spec") or {}).get("retrain") or {}).get("includeFeedback", True)
+        decision = next_drift_state(
+            status.get("drift"), result, policy=policy, now=dt.datetime.now(dt.UTC),
+            deployment=meta["name"], reference_version=int(stable["version"]),
+            samples=len(window), last_retrain=LastRetrain.from_status(exp_status.get("retrain")),
+            live_accuracy=accuracy, labelled=labelled,
+            labels_wanted=self.ctx.settings.retrain_min_labels if wants_labels else 0,
+            labels_since_onset=since_onset)
+        if decision.retrain is not None:
+            await self._request_retrain(obj, exp, decision.retrain, onset)
+        status["drift"] = decision.status
+        conds = status.get("conditions")
+        for ctype, value in decision.conditions.items():
+            if value is None:
+                conds = conditions.remove_condition(conds, ctype)
+            else:
+                conds = conditions.set_condition(conds, ctype, True, value[0], value[1],
+                                                 meta["generation"])
+        status["conditions"] = conds
+        events = [Event(e.reason, e.message, e.type) for e in decision.events]
+        if any(e.reason == api.Reason.DRIFT_DETECTED for e in decision.events):
+            self.ctx.metrics.drift.inc()
+        if events:
+            log.info("drift %s: %s", deployment, decision.status.get("summary"),
+                     extra=object_ref(obj))
+        return events
+
+    @staticmethod
+    def _observe(reader: RequestLogReader, n: int, version: int, onset: float | None):
+        features, _ = reader.recent_features(n)
+        since = reader.labelled_count(since_ts=onset) if onset is not None else 0
+        return (features, reader.labelled_count(), reader.live_accuracy(version=version),
+                onset, since)
+
+    async def _reference(self, uri: str) -> Reference:
+        if uri not in self._references:
+            path = _local_path(uri)
+            if path.is_dir():
+                path = path / "reference.json"
+            text = await asyncio.to_thread(path.read_text)
+            self._references[uri] = Reference.from_dict(json.loads(text))
+        return self._references[uri]
+
+    async def _request_retrain(self, obj: dict[str, Any], exp: dict[str, Any], request,
+                               onset: float | None) -> None:
+        meta, exp_meta = obj["metadata"], exp["metadata"]
+        target = (self.ctx.settings.state_dir / "retrain" / exp_meta["namespace"]
+                  / exp_meta["name"] / f"{request.episode}.npz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        count = await asyncio.to_thread(RequestLogReader(self.log_dir(obj)).export_labelled,
+                                        target, onset)
+        retrain = request.to_status()
+        retrain["deployment"] = meta["name"]
+        if count:
+            retrain["feedbackUri"] = str(target)
+        await self.ctx.kube.patch_status(EXPERIMENTS, exp_meta["namespace"], exp_meta["name"],
+                                         {"retrain": retrain})
+        self.ctx.metrics.retrains.inc()
+        log.info("retrain requested for %s/%s (episode %s, %d labelled inputs)",
+                 exp_meta["namespace"], exp_meta["name"], request.episode, count)

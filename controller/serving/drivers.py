@@ -1,0 +1,121 @@
+"""Serving backends behind one small interface: make serving look like the plan.
+
+``local``: seldon-core-microservice processes per predictor plus the weighted router
+(``controller.serving.local``). ``seldon``: a ``SeldonDeployment`` applied to the API
+server for Seldon Core's operator to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controller.context import Context
+from controller.kube import SELDON_DEPLOYMENTS
+from controller.paths import SERVING_DIR
+from controller.serving import seldon
+from controller.serving.seldon import Predictor
+
+PREDICTIONS_PATH = "/api/v1.0/predictions"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    endpoint: str | None  # the Seldon REST predictions URL users call
+    ready: bool  # every predictor with traffic answers health checks
+    message: str
+
+
+class ServingDriver(Protocol):
+    async def apply(self, mdep: dict[str, Any], predictors: list[Predictor], *,
+                    drift_logging: bool, auth_token: str | None) -> ServingState: ...
+
+    async def teardown(self, mdep: dict[str, Any]) -> None: ...
+
+
+def base_url(endpoint: str) -> str:
+    """The server root of a predictions URL (where /metrics and /health live)."""
+    return endpoint.split("/api/", 1)[0]
+
+
+class LocalDriver:
+    def __init__(self, ctx: Context) -> None:
+        from controller.serving.local import LocalServingBackend
+
+        self.ctx = ctx
+        self.backend = LocalServingBackend(ctx.settings.serving_state_dir,
+                                           ctx.settings.serving_python, SERVING_DIR)
+
+    async def apply(self, mdep: dict[str, Any], predictors: list[Predictor], *,
+                    drift_logging: bool, auth_token: str | None) -> ServingState:
+        from controller.serving.local import DesiredServing, PredictorSpec
+
+        meta = mdep["metadata"]
+        storage = ((mdep.get("spec") or {}).get("drift") or {}).get("storage") or {}
+        desired = DesiredServing(
+            namespace=meta["namespace"], name=meta["name"],
+            predictors=[PredictorSpec(p.name, p.version, p.model_uri, p.weight)
+                        for p in predictors],
+            log_dir=(self.ctx.settings.request_log_dir / meta["namespace"] / meta["name"]
+                     if drift_logging else None),
+            max_log_bytes=int(storage.get("maxBytes", 256 * 1024 * 1024)),
+            auth_token=auth_token,
+        )
+        observed = await self.backend.ensure(desired)
+        unhealthy = [f"{name} (v{p.version}): {p.message}" for name, p in
+                     observed.predictors.items() if not p.healthy]
+        message = "; ".join(unhealthy) if unhealthy else "all predictors healthy"
+        return ServingState(observed.endpoint + PREDICTIONS_PATH, observed.ready, message)
+
+    async def teardown(self, mdep: dict[str, Any]) -> None:
+        meta = mdep["metadata"]
+        await self.backend.teardown(meta["namespace"], meta["name"])
+
+    async def close(self) -> None:
+        return None
+
+
+class SeldonDriver:
+    """Applies the rendered SeldonDeployment; readiness is what Seldon Core reports."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def apply(self, mdep: dict[str, Any], predictors: list[Predictor], *,
+                    drift_logging: bool, auth_token: str | None) -> ServingState:
+        desired = seldon.render(mdep, predictors, self.ctx.settings, drift_logging=drift_logging)
+        meta = mdep["metadata"]
+        current = await self.ctx.kube.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        if current is None or _differs(current, desired):
+            current = await self.ctx.kube.apply(desired)
+        state = (current.get("status") or {}).get("state")
+        address = ((current.get("status") or {}).get("address") or {}).get("url")
+        endpoint = (address.rstrip("/") + PREDICTIONS_PATH if address else
+                    f"http://seldon-gateway/seldon/{meta['namespace']}/{meta['name']}"
+                    f"{PREDICTIONS_PATH}")
+        if state == "Available":
+            return ServingState(endpoint, True, "SeldonDeployment Available")
+        detail = (current.get("status") or {}).get("description") or ""
+        return ServingState(endpoint, False, f"waiting for Seldon Core: state "
+                            f"{state or 'not reported yet'}{': ' + detail if detail else ''}")
+
+    async def teardown(self, mdep: dict[str, Any]) -> None:
+        meta = mdep["metadata"]
+        await self.ctx.kube.delete(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+
+    async def close(self) -> None:
+        return None
+
+
+def _differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether applying ``desired`` would change anything we own (skip no-op writes)."""
+    if current.get("spec") != desired["spec"]:
+        return True
+    have = current.get("metadata") or {}
+    want = desired["metadata"]
+    for key in ("labels", "annotations"):
+        mine = have.get(key) or {}
+        if any(mine.get(k) != v for k, v in want[key].items()):
+            return True
+    owners = [o.get("uid") for o in have.get("ownerReferences") or []]
+    return owners != [o["uid"] for o in want["ownerReferences"]]

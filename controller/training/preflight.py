@@ -1,0 +1,63 @@
+"""Checks before a run is launched: the flow file exists, defines the named FlowSpec,
+and declares every parameter with a compatible type.
+
+A problem here is a spec problem (Stalled until the spec or the code changes), so it is
+reported as a condition and never retried on a timer.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller import api
+from controller.training import flowinspect
+
+
+@dataclass(frozen=True)
+class Preflight:
+    problem: str = ""
+    reason: str = ""
+    commit: str | None = None
+    declared: tuple[str, ...] = ()
+
+
+def preflight(exp: dict[str, Any], root: Path, extra: dict[str, Any]) -> Preflight:
+    spec = exp["spec"]
+    flow = spec["flow"]
+    path = root / flow["file"]
+    if not path.is_file():
+        return Preflight(f"flow file {flow['file']} not found (looked in {root})",
+                         api.Reason.FLOW_NOT_FOUND)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Preflight(f"flow file {flow['file']} unreadable: {exc}", api.Reason.FLOW_NOT_FOUND)
+    try:
+        found = flowinspect.find_flow(text, flow["name"])
+    except flowinspect.FlowInspectError as exc:
+        return Preflight(f"{flow['file']}: {exc}", api.Reason.FLOW_NOT_FOUND)
+    if found is None:
+        return Preflight(f"{flow['file']} defines no FlowSpec named {flow['name']!r}",
+                         api.Reason.FLOW_NOT_FOUND)
+    given = {**(spec.get("parameters") or {}), **extra}
+    problems = flowinspect.check_parameters(found.parameters, given)
+    if problems:
+        return Preflight("; ".join(problems), api.Reason.INVALID_PARAMETERS)
+    return Preflight(commit=_commit(exp, root),
+                     declared=tuple(p.name for p in found.parameters))
+
+
+def _commit(exp: dict[str, Any], root: Path) -> str | None:
+    """The git commit the spec (and so the flow code) came from."""
+    ann = exp["metadata"].get("annotations") or {}
+    if ann.get(api.ANN_SOURCE_COMMIT):
+        return ann[api.ANN_SOURCE_COMMIT]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

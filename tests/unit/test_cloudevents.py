@@ -1,0 +1,69 @@
+"""Cluster mode's drift feed: Seldon request-logger CloudEvents into the request log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from aiohttp.test_utils import TestClient, TestServer
+
+from controller.serving.cloudevents import REQUEST, RESPONSE, Receiver
+from controller.serving.requestlog_read import RequestLogReader
+
+IMAGES = np.full((2, 64, 64, 3), 0.5).tolist()
+
+
+def headers(kind: str, rid: str) -> dict[str, str]:
+    return {"Ce-Type": kind, "Ce-Requestid": rid, "Ce-Id": rid, "Ce-Namespace": "farm",
+            "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "canary",
+            "Ce-Specversion": "0.3", "Ce-Source": "io.seldon.serving.deployment.classifier"}
+
+
+RESPONSE_BODY = {"data": {"names": ["bad", "good"], "ndarray": [[0.9, 0.1], [0.2, 0.8]]},
+                 "meta": {"tags": {"trellis.features": [[0.1] * 10, [0.2] * 10],
+                                   "trellis.version": 3}}}
+
+
+def run(root: Path, steps):
+    async def go():
+        receiver = Receiver(root)
+        async with TestClient(TestServer(receiver.app())) as client:
+            out = [await step(client) for step in steps]
+        receiver.close()
+        return out
+    return asyncio.run(go())
+
+
+def post(path, body, hdrs=None):
+    async def step(client):
+        resp = await client.post(path, json=body, headers=hdrs or {})
+        return resp.status, await resp.json()
+    return step
+
+
+def test_request_and_response_are_joined_into_one_logged_row(tmp_path: Path) -> None:
+    results = run(tmp_path, [
+        post("/", RESPONSE_BODY, headers(RESPONSE, "r1")),   # the response may come first
+        post("/", {"data": {"ndarray": IMAGES}}, headers(REQUEST, "r1")),
+        post("/feedback/farm/classifier", {"puid": "r1", "label": [0, 1]}),
+        post("/feedback/farm/classifier", {"puid": "nope", "label": 1}),
+        post("/feedback/farm/classifier", {"puid": "r1", "label": [7, 1]}),
+    ])
+    assert [code for code, _ in results] == [202, 201, 200, 404, 400]
+    reader = RequestLogReader(tmp_path / "farm" / "classifier")
+    features, versions = reader.recent_features(10)
+    assert features.shape == (2, 10) and versions.tolist() == [3, 3]
+    assert reader.labelled_count() == 2
+    assert reader.live_accuracy() == 1.0
+
+
+def test_bad_events_are_refused_clearly(tmp_path: Path) -> None:
+    no_features = {"data": {"ndarray": [[0.9, 0.1]]}, "meta": {}}
+    results = run(tmp_path, [
+        post("/", {"data": {}}, {"Ce-Type": "something.else"}),
+        post("/", no_features, headers(RESPONSE, "r2")),
+        post("/", {"data": {"ndarray": IMAGES[:1]}}, headers(REQUEST, "r2")),
+    ])
+    assert results[0][0] == 400 and "CloudEvent" in results[0][1]["status"]["info"]
+    assert results[2][0] == 400 and "trellis.features" in results[2][1]["status"]["info"]
