@@ -261,8 +261,11 @@ class Demo:
                   lambda: self.objects()[1].get("stableVersion") == "v3", 300)
         self.wait("drift cleared", lambda: (d := self.objects()[1].get("drift", {}))
                   .get("referenceVersion") == 3 and d.get("detected") is False, 180)
-        acc = self.folk.tally.accuracy("stable")
-        self.say(f"  live accuracy on white pumpkins now: {acc:.0%}" if acc else "")
+        for version in ("v2", "v3"):
+            acc = self.folk.tally.accuracy(version)
+            if acc is not None:
+                self.say(f"  {version} judged white pumpkins right: {acc:.0%} of "
+                         f"{self.folk.tally.answered[version]} (townsfolk feedback)")
         self.show_mlops()
 
     def finish(self) -> None:

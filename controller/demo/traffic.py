@@ -32,8 +32,8 @@ def _pumpkin_data():
 @dataclass
 class Tally:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (predictor, code)
-    correct: Counter[str] = field(default_factory=Counter)  # predictor -> right answers
-    answered: Counter[str] = field(default_factory=Counter)  # predictor -> answers
+    correct: Counter[str] = field(default_factory=Counter)  # predictor, and "vN" -> right
+    answered: Counter[str] = field(default_factory=Counter)  # predictor, and "vN" -> answers
     feedback: Counter[int] = field(default_factory=Counter)  # code -> count
 
     def accuracy(self, predictor: str) -> float | None:
@@ -85,15 +85,18 @@ class Townsfolk(threading.Thread):
         body = json.dumps({"data": {"ndarray": images.tolist()}}).encode()
         code, answer = self._post(self.endpoint, body)
         meta = answer.get("meta") or {}
-        predictor = next(iter(meta.get("requestPath") or {"?": ""}))
+        path = meta.get("requestPath") or {"?": ""}
+        predictor = next(iter(path))
+        version = str(path[predictor]).rsplit(":", 1)[-1]  # "<ns>/<name>:vN"
         self.tally.requests[(predictor, code)] += 1
         if code != 200:
             return
         probs = (answer.get("data") or {}).get("ndarray") or []
         predicted = [int(p[1] > p[0]) for p in probs]
-        self.tally.answered[predictor] += len(predicted)
-        self.tally.correct[predictor] += sum(int(a == b) for a, b in zip(predicted, labels,
-                                                                         strict=False))
+        right = sum(int(a == b) for a, b in zip(predicted, labels, strict=False))
+        for key in (predictor, version):
+            self.tally.answered[key] += len(predicted)
+            self.tally.correct[key] += right
         if self.send_feedback and meta.get("puid"):
             truth = {"response": {"meta": {"puid": meta["puid"]}},
                      "truth": {"data": {"ndarray": [int(v) for v in labels]}}}
