@@ -67,17 +67,9 @@ def semantic_problems(doc: Document) -> list[schema.Problem]:
     return problems
 
 
-def check_documents(docs: list[Document], extra: Iterable[RepoCheck] = ()) -> list[FileError]:
-    """Schema, CEL and cross-document checks for parsed documents."""
+def duplicate_names(valid: list[Document]) -> list[FileError]:
+    """A name may appear once per kind and namespace; later ones point at the first."""
     errors: list[FileError] = []
-    valid: list[Document] = []
-    for doc in docs:
-        problems = schema.validate_object(doc.obj)
-        problems += semantic_problems(doc) if not problems else []
-        for p in problems:
-            errors.append(FileError(doc.path, doc.line_of(p.path), str(p)))
-        if not problems:
-            valid.append(doc)
     seen: dict[tuple[str, str, str], Document] = {}
     for doc in valid:
         key = (doc.kind or "", doc.namespace or "default", doc.name or "")
@@ -90,6 +82,21 @@ def check_documents(docs: list[Document], extra: Iterable[RepoCheck] = ()) -> li
             ))
         else:
             seen[key] = doc
+    return errors
+
+
+def check_documents(docs: list[Document], extra: Iterable[RepoCheck] = ()) -> list[FileError]:
+    """Schema, CEL and cross-document checks for parsed documents."""
+    errors: list[FileError] = []
+    valid: list[Document] = []
+    for doc in docs:
+        problems = schema.validate_object(doc.obj)
+        problems += semantic_problems(doc) if not problems else []
+        for p in problems:
+            errors.append(FileError(doc.path, doc.line_of(p.path), str(p)))
+        if not problems:
+            valid.append(doc)
+    errors += duplicate_names(valid)
     for check in extra:
         for doc in valid:
             for p in check(valid, doc):

@@ -13,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 
+from controller.processes import pid_alive
+
 
 def _mentions(pid: int, needle: bytes) -> bool:
     for part in ("cmdline", "environ"):
@@ -43,18 +45,10 @@ def reap(state_dir: Path, grace: float = 10.0) -> int:
         except ProcessLookupError:
             continue
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return len(pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

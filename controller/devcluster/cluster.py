@@ -21,6 +21,7 @@ from pathlib import Path
 
 from controller.devcluster import binaries, certs
 from controller.paths import CRDS_DIR
+from controller.processes import pid_alive
 
 
 class ClusterError(RuntimeError):
@@ -44,21 +45,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (our own, not yet reaped) counts as dead.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def default_state_dir() -> Path:
     return Path(os.environ.get("TRELLIS_DEV_CLUSTER_DIR") or binaries.cache_root() / "dev-cluster")
 
@@ -78,7 +64,8 @@ class DevCluster:
 
     def running(self) -> bool:
         st = self.state()
-        return bool(st and _alive(st.etcd_pid) and _alive(st.apiserver_pid) and self._ready(st))
+        return bool(st and pid_alive(st.etcd_pid) and pid_alive(st.apiserver_pid)
+                    and self._ready(st))
 
     @property
     def kubeconfig(self) -> Path:
@@ -145,7 +132,7 @@ class DevCluster:
         self.state_file.write_text(json.dumps(asdict(st), indent=2))
         deadline = time.monotonic() + timeout
         while not self._ready(st):
-            if not _alive(st.apiserver_pid) or not _alive(st.etcd_pid):
+            if not pid_alive(st.apiserver_pid) or not pid_alive(st.etcd_pid):
                 self.down()
                 raise ClusterError(
                     "the control plane exited while starting; last log lines:\n"
@@ -251,7 +238,7 @@ class DevCluster:
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> bool:
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -261,10 +248,10 @@ def _terminate(pid: int, timeout: float = 10.0) -> bool:
         except ProcessLookupError:
             return False
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.1)
-    if _alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     _reap(pid)

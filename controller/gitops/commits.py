@@ -103,17 +103,7 @@ def check_documents(docs: list[Document], extra: list[validate.RepoCheck]) -> li
         errors += [FileError(doc.path, doc.line_of(p.path), str(p)) for p in problems]
         if not problems:
             valid.append(doc)
-    seen: dict[tuple[str, str, str], Document] = {}
-    for doc in valid:
-        key = (doc.kind or "", doc.namespace or "default", doc.name or "")
-        if key in seen:
-            first = seen[key]
-            errors.append(FileError(
-                doc.path, doc.line_of(("metadata", "name")),
-                f'duplicate {doc.kind} "{doc.name}" in namespace "{key[1]}" '
-                f"(first defined at {first.path}:{first.line_of(('metadata', 'name'))})"))
-        else:
-            seen[key] = doc
+    errors += validate.duplicate_names(valid)
     for check in extra:
         for doc in valid:
             errors += [FileError(doc.path, doc.line_of(p.path), str(p))

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
+from controller.processes import pid_alive
+
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
@@ -36,23 +38,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running process (a zombie, dead but unreaped, counts as gone)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def is_ours(pid: int, expected: Sequence[str]) -> bool:
