@@ -122,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="the pumpkin farm's whole story, unattended")
     de.add_argument("--workdir", default=".trellis/demo")
     de.add_argument("--report", default="demo-report")
-    de.add_argument("--fast", action="store_true", help="shorter intervals (for tests)")
     de.set_defaults(fn=_demo)
     return parser
 

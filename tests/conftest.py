@@ -8,6 +8,7 @@ other's objects.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,22 @@ def cluster(dev_cluster: DevCluster) -> Cluster:
     return Cluster(dev_cluster)
 
 
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Operators under test authenticate as the manifests' ServiceAccount, bound only to
+    the manifests' RBAC — never as admin — so every end-to-end test also checks RBAC."""
+    from tests.support.clusterwide import pick, render, service_account_kubeconfig
+
+    docs = render(cluster)
+    rbac = [d for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+            for d in pick(docs, kind)]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": rbac}))
+    sa = pick(docs, "ServiceAccount", "trellis-operator")[0]["metadata"]
+    path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    return str(service_account_kubeconfig(cluster, sa["name"], sa["namespace"], path))
+
+
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> str:
     base = request.node.name.lower().replace("_", "-")[:40].strip("-")
@@ -51,11 +68,11 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def operator_env(cluster: Cluster, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+def operator_env(operator_kubeconfig: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
                  ) -> dict[str, str]:
     """Environment of an operator under test (also applied to this process)."""
     env = {
-        "KUBECONFIG": cluster.kubeconfig,
+        "KUBECONFIG": operator_kubeconfig,
         "TRELLIS_STATE_DIR": str(state_dir),
         "TRELLIS_RESYNC_SECONDS": "5",
         "TRELLIS_METRICS_PORT": "0",  # a free port each: parallel sessions never collide
@@ -72,9 +89,12 @@ def operator_env(cluster: Cluster, state_dir: Path, monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def operator(operator_env: dict[str, str], namespace: str) -> Iterator[None]:
     """The operator in-process (kopf's KopfRunner), watching this test's namespace."""
+    import kopf
     from kopf.testing import KopfRunner
 
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True  # as `trellis operator` does: the role reads no CRDs
     args = ["run", "--standalone", "-n", namespace, "-m", "controller.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    with KopfRunner(args, timeout=60, settings=settings) as runner:
         yield
     assert runner.exception is None, runner.exception

@@ -42,8 +42,8 @@ class DemoFailed(RuntimeError):
 
 
 class Demo:
-    def __init__(self, workdir: Path, report_dir: Path, *, fast: bool = False) -> None:
-        self.workdir, self.report_dir, self.fast = workdir, report_dir, fast
+    def __init__(self, workdir: Path, report_dir: Path) -> None:
+        self.workdir, self.report_dir = workdir, report_dir
         self.state = workdir / "state"
         self.cluster: DevCluster | None = None
         self.kubeconfig = ""
@@ -338,7 +338,7 @@ class Demo:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    demo = Demo(Path(args.workdir).resolve(), Path(args.report).resolve(), fast=args.fast)
+    demo = Demo(Path(args.workdir).resolve(), Path(args.report).resolve())
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return demo.run()
