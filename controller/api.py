@@ -24,10 +24,6 @@ class Kind:
     plural: str
     short: str
 
-    @property
-    def crd_name(self) -> str:
-        return f"{self.plural}.{GROUP}"
-
 
 EXPERIMENT: Final = Kind("Experiment", "experiments", "exp")
 MODEL_DEPLOYMENT: Final = Kind("ModelDeployment", "modeldeployments", "mdep")

@@ -36,11 +36,6 @@ def find(conditions: list[Condition] | None, type_: str) -> Condition | None:
     return None
 
 
-def is_true(conditions: list[Condition] | None, type_: str) -> bool:
-    cond = find(conditions, type_)
-    return bool(cond and cond.get("status") == "True")
-
-
 def set_condition(
     conditions: list[Condition] | None,
     type_: str,

@@ -116,9 +116,8 @@ class DriftMonitor:
     @staticmethod
     def _observe(reader: RequestLogReader, n: int, version: int, onset: float | None):
         features, _ = reader.recent_features(n)
-        since = reader.labelled_count(since_ts=onset) if onset is not None else 0
-        return (features, reader.labelled_count(), reader.live_accuracy(version=version),
-                onset, since)
+        labelled, since, accuracy = reader.label_summary(version, onset)
+        return features, labelled, accuracy, onset, since
 
     async def _reference(self, uri: str) -> Reference:
         if uri not in self._references:

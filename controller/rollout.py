@@ -81,7 +81,6 @@ class Plan:
     # steady, deploy, start, wait, extend, advance, promote or rollback
     decision: str = "steady"
     needs_baseline: bool = False  # a step (re)started: capture counters for its window
-    last_analysis: dict[str, Any] | None = None
 
 
 def _version_entry(model: Model, now: str) -> dict[str, Any]:
@@ -168,7 +167,6 @@ def plan(status: dict[str, Any], target: Target, policy: Policy, generation: int
     if analysis is not None:
         record = analysis.record(step, int(canary.get("weight", 0)), ts)
         canary["analyses"] = [*(canary.get("analyses") or [])[-(MAX_ANALYSES - 1):], record]
-        out.last_analysis = record
     if decision == "wait":
         return out
     if decision == "extend":

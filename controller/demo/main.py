@@ -88,9 +88,7 @@ class Demo:
                      + ("" if entry["ok"] else " (did not finish)"))
 
     def status_line(self) -> str:
-        assert self.recorder is not None
-        row = self.recorder.sample()
-        e, d = row["experiment"], row["deployment"]
+        e, d = self.objects()
         prog = e.get("progress") or {}
         train = f"{e.get('phase', '-')}"
         if prog.get("epochs"):
@@ -111,6 +109,8 @@ class Demo:
         last_print = 0.0
         while time.monotonic() < deadline:
             self._check_operator()
+            assert self.recorder is not None
+            self.recorder.refresh()  # one read per second serves ready() and the status line
             value = ready()
             line = self.status_line()
             if self.tty:
@@ -136,8 +136,9 @@ class Demo:
 
     # -------------------------------------------------------------- plumbing
     def objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Experiment and ModelDeployment status as of the last refresh."""
         assert self.recorder is not None
-        row = self.recorder.sample()
+        row = self.recorder.latest
         return row["experiment"], row["deployment"]
 
     def start_cluster(self) -> None:

@@ -29,7 +29,7 @@ class Recorder(threading.Thread):
         self.core = k8s.CoreV1Api(self.api)
         self.namespace, self.name, self.every = namespace, name, every
         self.samples: list[dict[str, Any]] = []
-        self.latest: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, Any] = {"experiment": {}, "deployment": {}}
         self._halt = threading.Event()
 
     def get(self, plural: str, name: str | None = None) -> dict[str, Any] | None:
@@ -41,12 +41,17 @@ class Recorder(threading.Thread):
                 return None
             raise
 
-    def sample(self) -> dict[str, Any]:
+    def refresh(self) -> dict[str, Any]:
+        """The statuses now, without recording them (the demo's own polling)."""
         exp = self.get(api.EXPERIMENT.plural) or {}
         mdep = self.get(api.MODEL_DEPLOYMENT.plural) or {}
-        self.latest = {"experiment": exp, "deployment": mdep}
-        row = {"t": time.time(), "experiment": exp.get("status") or {},
-               "deployment": mdep.get("status") or {}}
+        self.latest = {"t": time.time(), "experiment": exp.get("status") or {},
+                       "deployment": mdep.get("status") or {}}
+        return self.latest
+
+    def sample(self) -> dict[str, Any]:
+        """The statuses now, recorded for the report (every ``every`` seconds)."""
+        row = self.refresh()
         self.samples.append(row)
         return row
 

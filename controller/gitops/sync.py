@@ -49,10 +49,6 @@ def owner_labels(namespace: str, name: str) -> dict[str, str]:
             api.LABEL_SPECREPO_NS: namespace}
 
 
-def owner_selector(namespace: str, name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in owner_labels(namespace, name).items())
-
-
 def owned_by(obj: Mapping[str, Any], namespace: str, name: str) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return all(labels.get(k) == v for k, v in owner_labels(namespace, name).items())

@@ -223,16 +223,6 @@ def default_branch_base(repo: git.Repo, head: git.Commit) -> git.Commit:
                       "pass --base")
 
 
-def changed_paths(base: git.Commit, head: git.Commit) -> list[str]:
-    """Repo-relative paths added, modified, deleted or renamed between two commits."""
-    paths: set[str] = set()
-    for diff in base.diff(head):
-        for p in (diff.a_path, diff.b_path):
-            if p:
-                paths.add(p)
-    return sorted(paths)
-
-
 def iter_trellis_documents(tree: SourceTree, root: str = "") -> Iterator[Document]:
     """Trellis documents anywhere under ``root`` that parse (for reference look-ups)."""
     docs, _ = load_documents(tree, root)

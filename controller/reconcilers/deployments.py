@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from controller import api, conditions
-from controller.canary import Policy, analyse
+from controller.canary import Analysis, Policy, analyse
 from controller.context import Context
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Outcome
@@ -99,9 +99,9 @@ class ModelDeploymentReconciler:
         models = (exp.get("status") or {}).get("models") or []
         target = select_target(spec, models, status.get("rejectedVersions") or [], gen)
 
-        analysis = None
+        analysis, observed = None, None
         if canary_due(status.get("canary"), policy, now) and status.get("endpoint"):
-            analysis = await self._analyse(obj, status, policy, backend)
+            analysis, observed = await self._analyse(obj, status, policy, backend)
         p = plan(status, target, policy, gen, analysis, now)
 
         predictors = _predictors(p)
@@ -115,7 +115,12 @@ class ModelDeploymentReconciler:
         serving = await self.driver(backend).apply(obj, predictors, drift_logging=drift_on,
                                                    auth_token=token)
         self._record_metrics(p)
-        if p.canary is not None and (p.needs_baseline or not p.canary.get("baseline")):
+        if p.canary is not None and p.decision == "advance" and observed:
+            # The next step counts from where this step's analysis stopped reading, not
+            # from after the new weights are written: consecutive windows tile, and no
+            # request served under the new weights falls into a gap between them.
+            p.canary["baseline"] = observed
+        elif p.canary is not None and (p.needs_baseline or not p.canary.get("baseline")):
             if serving.ready:
                 p.canary["baseline"] = await self._baseline(obj, serving, p, backend)
                 p.canary["stepStartedAt"] = conditions.now_iso(now)
@@ -136,18 +141,21 @@ class ModelDeploymentReconciler:
 
     # ------------------------------------------------------------------ steps
     async def _analyse(self, obj: dict[str, Any], status: dict[str, Any], policy: Policy,
-                       backend: str):
+                       backend: str) -> tuple[Analysis, dict[str, Any]]:
+        """The verdict on the current step, and the counters it was read at."""
         source = self.sources[backend]
         canary, stable = status["canary"], status.get("stable")
         baseline = canary.get("baseline") or {}
         probe = {**obj, "status": status}
         now_c = await source.counters(probe, "canary", canary["version"])
         canary_w = window(now_c, Counters.from_dict(baseline.get("canary")))
+        observed = {"canary": now_c.to_dict()}
         stable_w = None
         if stable:
             now_s = await source.counters(probe, "stable", stable["version"])
             stable_w = window(now_s, Counters.from_dict(baseline.get("stable")))
-        return analyse(policy, canary_w, stable_w)
+            observed["stable"] = now_s.to_dict()
+        return analyse(policy, canary_w, stable_w), observed
 
     async def _baseline(self, obj: dict[str, Any], serving: ServingState, p: Plan,
                         backend: str) -> dict[str, Any]:
@@ -245,9 +253,6 @@ class ModelDeploymentReconciler:
         return min(delays) if delays else None
 
     # ---------------------------------------------------------------- helpers
-    def related(self, obj: dict[str, Any]) -> list[tuple[str, str, str | None]]:
-        return []
-
     async def cleanup(self, obj: dict[str, Any]) -> None:
         backend = (obj.get("spec") or {}).get("backend", "local")
         await self.driver(backend).teardown(obj)

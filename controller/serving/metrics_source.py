@@ -117,8 +117,10 @@ class LocalScrape:
 
     async def counters(self, deployment: dict[str, Any], predictor: str,
                        version: int) -> Counters:
+        from controller.serving.drivers import base_url
+
         endpoint = (deployment.get("status") or {}).get("endpoint") or ""
-        url = endpoint.split("/api/", 1)[0].rstrip("/") + "/metrics"
+        url = base_url(endpoint).rstrip("/") + "/metrics"
         async with aiohttp.ClientSession(timeout=self.timeout) as session, \
                 session.get(url) as resp:
             resp.raise_for_status()

@@ -139,6 +139,20 @@ class RequestLogReader:
         return sum(int(((y >= 0) & (ts >= since_ts)).sum())
                    for y, (ts,) in self._labelled_rows(("ts",)))
 
+    def label_summary(self, version: int, since_ts: float | None) -> tuple[int, int, float | None]:
+        """(labelled rows, labelled rows at or after ``since_ts``, live accuracy of
+        ``version``) in one pass over the log: the drift check asks all three each time."""
+        labelled = since = correct = total = 0
+        for y, (ts, pred, vers) in self._labelled_rows(("ts", "pred", "version")):
+            mask = y >= 0
+            labelled += int(mask.sum())
+            if since_ts is not None:
+                since += int((mask & (ts >= since_ts)).sum())
+            mine = mask & (vers == version)
+            total += int(mine.sum())
+            correct += int((pred[mine] == y[mine]).sum())
+        return labelled, since, (correct / total if total else None)
+
     def live_accuracy(
         self, since_ts: float | None = None, version: int | None = None
     ) -> float | None:

@@ -74,8 +74,19 @@ def mark_available(cluster: Cluster, ns: str) -> None:
 
 def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
                     timeout: float = 30) -> None:
+    """Wait for the SeldonDeployment's traffic split and, mid-rollout, for the step to be
+    on status with its counters baseline: traffic recorded before the operator has read
+    the baseline would fall outside the step's window, as requests do in a real cluster
+    in the moment between a weight change and the baseline read.
+    """
     wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
              what=f"predictors {expected}")
+    weights = dict((name, weight) for name, _, weight in expected)
+    if "canary" in weights:
+        def step_recorded() -> bool:
+            canary = mdep_status(cluster, ns).get("canary") or {}
+            return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
+        wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
 
 
 def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:

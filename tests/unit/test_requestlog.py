@@ -191,3 +191,24 @@ def test_restart_rebuilds_the_index_and_tolerates_a_torn_line(tmp_path: Path) ->
     with pytest.raises(ValueError, match="already logged"):
         _append(again, "a", 3)
     assert again.labelled_count() == 2
+
+
+def test_label_summary_matches_the_separate_readers(tmp_path: Path) -> None:
+    from controller.serving.requestlog import RequestLog
+    from controller.serving.requestlog_read import RequestLogReader
+
+    log = RequestLog(tmp_path, 1 << 26)
+    x = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+    for i, (version, pred, label) in enumerate([(1, 0, 0), (1, 1, 0), (2, 1, 1), (2, 0, None)]):
+        log.append(f"p{i}", 100.0 + i, version, np.zeros((1, 4)), np.array([pred]), x)
+        if label is not None:
+            log.record_feedback(f"p{i}", [label])
+    log.flush()
+    reader = RequestLogReader(tmp_path)
+    for version, since in ((1, None), (2, 101.5), (3, 0.0)):
+        assert reader.label_summary(version, since) == (
+            reader.labelled_count(),
+            reader.labelled_count(since_ts=since) if since is not None else 0,
+            reader.live_accuracy(version=version))
+    assert reader.label_summary(1, 101.0) == (3, 2, 0.5)
+    log.close()
