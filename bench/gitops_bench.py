@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller import api
 from controller.context import Context
-from controller.devcluster.cluster import DevCluster, free_port
+from controller.devcluster.cluster import DevCluster
 from controller.kube import EXPERIMENTS, SPEC_REPOSITORIES, Kube
 from controller.loop import reconcile_once
+from controller.processes import free_port
 from controller.reconcilers.specrepos import SpecRepositoryReconciler
 from controller.settings import Settings
 from tests.support.gitrepo import FLOW, GitRepo, deployment, experiment

@@ -12,7 +12,6 @@ from typing import Final
 GROUP: Final = "mlops.trellis.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
-CATEGORY: Final = "mlops"
 FIELD_MANAGER: Final = "trellis"
 
 
@@ -54,26 +53,21 @@ class Cond:
     """Condition types. Ready is the summary; the others exist while they are true."""
 
     READY: Final = "Ready"
-    RECONCILING: Final = "Reconciling"
     STALLED: Final = "Stalled"
     PROGRESSING: Final = "Progressing"
     DRIFT_DETECTED: Final = "DriftDetected"
     ROLLED_BACK: Final = "RolledBack"
-    TRAINING: Final = "Training"
     ACCURACY_DEGRADED: Final = "AccuracyDegraded"
 
 
 class Reason:
     """Condition and Event reasons (CamelCase, stable: users grep for them)."""
 
-    RECONCILED: Final = "Reconciled"
     PROGRESSING: Final = "Progressing"
-    INVALID_SPEC: Final = "InvalidSpec"
     # Experiment
     RUN_PENDING: Final = "RunPending"
     RUN_STARTED: Final = "RunStarted"
     RUN_RUNNING: Final = "RunRunning"
-    RUN_SUCCEEDED: Final = "RunSucceeded"
     RUN_FAILED: Final = "RunFailed"
     RUN_LOST: Final = "RunLost"
     RETRYING: Final = "Retrying"
@@ -94,11 +88,9 @@ class Reason:
     CANARY_ADVANCED: Final = "CanaryAdvanced"
     CANARY_PROMOTED: Final = "CanaryPromoted"
     CANARY_ROLLED_BACK: Final = "CanaryRolledBack"
-    SERVER_FAILED: Final = "ServerFailed"
     AUTH_SECRET_MISSING: Final = "AuthSecretMissing"
     DRIFT_DETECTED: Final = "DriftDetected"
     DRIFT_CLEARED: Final = "DriftCleared"
-    NO_DRIFT: Final = "NoDrift"
     ACCURACY_BELOW_OBJECTIVE: Final = "AccuracyBelowObjective"
     # SpecRepository
     SYNCED: Final = "Synced"

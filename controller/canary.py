@@ -15,6 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.api import MODEL_DEPLOYMENT
+from controller.conditions import parse_time
+from controller.schema import spec_section
+
 Verdict = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["wait", "advance", "promote", "rollback", "extend"]
 
@@ -45,15 +49,15 @@ class Policy:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Policy:
-        canary = spec.get("canary") or {}
-        analysis = canary.get("analysis") or {}
+        canary = spec_section(MODEL_DEPLOYMENT.kind, "canary", spec.get("canary"))
+        analysis = canary["analysis"]
         return cls(
-            steps=list(canary.get("steps") or [10, 50, 100]),
-            interval_s=parse_duration(canary.get("interval") or "30s"),
-            min_requests=int(analysis.get("minRequests", 20)),
-            max_error_rate=float(analysis.get("maxErrorRate", 0.05)),
-            max_latency_p99_ms=float(analysis.get("maxLatencyP99Ms", 500)),
-            max_prediction_shift=float(analysis.get("maxPredictionShift", 0.3)),
+            steps=list(canary["steps"]),
+            interval_s=parse_duration(canary["interval"]),
+            min_requests=int(analysis["minRequests"]),
+            max_error_rate=float(analysis["maxErrorRate"]),
+            max_latency_p99_ms=float(analysis["maxLatencyP99Ms"]),
+            max_prediction_shift=float(analysis["maxPredictionShift"]),
         )
 
 
@@ -133,10 +137,8 @@ def analyse(policy: Policy, canary: Window, stable: Window | None) -> Analysis:
 
 
 def seconds_since(iso: str | None, now: dt.datetime) -> float:
-    if not iso:
-        return float("inf")
-    then = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    return (now - then).total_seconds()
+    then = parse_time(iso)
+    return float("inf") if then is None else (now - then).total_seconds()
 
 
 def decide(policy: Policy, step: int, analysis: Analysis | None) -> Decision:

@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from numpy.typing import ArrayLike
 
-from controller.api import Cond, Reason
+from controller.api import MODEL_DEPLOYMENT, Cond, Reason
 from controller.canary import parse_duration
 from controller.conditions import now_iso, parse_time
 from controller.drift import Correction, DriftResult, Reference, Test, ks_test, psi_test
+from controller.schema import spec_section
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,17 @@ class DriftPolicy:
     ) -> DriftPolicy:
         """``objective_threshold``: the Experiment's accuracy objective, the CRD's default
         for ``minAccuracy``. ``minSamples`` also gates how many labels make accuracy count."""
-        s = spec or {}
-        min_samples = int(s.get("minSamples", 100))
+        s = spec_section(MODEL_DEPLOYMENT.kind, "drift", spec)
+        min_samples = int(s["minSamples"])
         min_acc = s.get("minAccuracy", objective_threshold)
         return cls(
-            test=s.get("test", "ks"),
-            window=int(s.get("window", 500)),
+            test=s["test"],
+            window=int(s["window"]),
             min_samples=min_samples,
-            p_value=float(s.get("pValue", 0.05)),
-            psi_threshold=float(s.get("psiThreshold", 0.2)),
-            action=s.get("action", "alert"),
-            cooldown_s=parse_duration(str(s.get("cooldown", "10m"))),
+            p_value=float(s["pValue"]),
+            psi_threshold=float(s["psiThreshold"]),
+            action=s["action"],
+            cooldown_s=parse_duration(str(s["cooldown"])),
             min_accuracy=None if min_acc is None else float(min_acc),
             min_labelled=min_samples,
         )

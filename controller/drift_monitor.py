@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from controller.drift_episodes import DriftPolicy, LastRetrain, next_drift_state
 from controller.kube import EXPERIMENTS
 from controller.logs import object_ref
 from controller.loop import Event
-from controller.serving.requestlog_read import RequestLogReader
+from controller.serving.requestlog_read import RequestLogReader, deployment_log_dir
 
 log = logging.getLogger("trellis.drift")
 
@@ -43,12 +42,20 @@ class DriftMonitor:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.interval = ctx.settings.drift_interval_seconds
-        self._references: dict[str, Reference] = {}
+        # The stable model's reference per deployment: replaced on promotion, not piled up.
+        self._references: dict[tuple[str, str], tuple[str, Reference]] = {}
         self._seen: dict[tuple[str, str], str] = {}  # last input signature checked
+
+    def forget(self, obj: dict[str, Any]) -> None:
+        """The deployment is gone: drop what was kept for its checks."""
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self._references.pop(key, None)
+        self._seen.pop(key, None)
 
     def log_dir(self, obj: dict[str, Any]) -> Path:
         meta = obj["metadata"]
-        return self.ctx.settings.request_log_dir / meta["namespace"] / meta["name"]
+        return deployment_log_dir(self.ctx.settings.request_log_dir, meta["namespace"],
+                                  meta["name"])
 
     async def check(self, obj: dict[str, Any], status: dict[str, Any],
                     exp: dict[str, Any]) -> list[Event]:
@@ -64,7 +71,7 @@ class DriftMonitor:
         exp_cooldown = float(((exp.get("spec") or {}).get("retrain") or {})
                              .get("cooldownSeconds", 0))
         policy = dataclasses.replace(policy, cooldown_s=max(policy.cooldown_s, exp_cooldown))
-        reference = await self._reference(ref_uri)
+        reference = await self._reference((meta["namespace"], meta["name"]), ref_uri)
         reader = RequestLogReader(self.log_dir(obj))
         previous = status.get("drift") or {}
         # Labels that arrived after the detection describe the new world; the window that
@@ -76,8 +83,11 @@ class DriftMonitor:
             self._observe, reader, policy.window, int(stable["version"]), onset)
         key = (meta["namespace"], meta["name"])
         signature = hashlib.sha1(
-            window.tobytes() + f"{labelled}/{accuracy}/{ref_uri}".encode()).hexdigest()
-        if self._seen.get(key) == signature and status.get("drift"):
+            window.tobytes() + f"{labelled}/{accuracy}/{ref_uri}/{policy}".encode()).hexdigest()
+        # A retrain deferred by the cooldown becomes due with time alone, not with input.
+        clock_bound = bool(previous.get("detected")) and policy.action == "retrain" and not (
+            previous.get("retrainRequested"))
+        if self._seen.get(key) == signature and previous and not clock_bound:
             return []  # nothing new since the last check: no verdict, no write
         self._seen[key] = signature
 
@@ -95,7 +105,7 @@ class DriftMonitor:
             labels_wanted=self.ctx.settings.retrain_min_labels if wants_labels else 0,
             labels_since_onset=since_onset)
         if decision.retrain is not None:
-            await self._request_retrain(obj, exp, decision.retrain, onset)
+            await self._request_retrain(obj, exp, decision.retrain, onset, export=wants_labels)
         status["drift"] = decision.status
         conds = status.get("conditions")
         for ctype, value in decision.conditions.items():
@@ -119,23 +129,27 @@ class DriftMonitor:
         labelled, since, accuracy = reader.label_summary(version, onset)
         return features, labelled, accuracy, onset, since
 
-    async def _reference(self, uri: str) -> Reference:
-        if uri not in self._references:
+    async def _reference(self, key: tuple[str, str], uri: str) -> Reference:
+        cached = self._references.get(key)
+        if cached is None or cached[0] != uri:
             path = _local_path(uri)
             if path.is_dir():
                 path = path / "reference.json"
             text = await asyncio.to_thread(path.read_text)
-            self._references[uri] = Reference.from_dict(json.loads(text))
-        return self._references[uri]
+            cached = self._references[key] = (uri, Reference.from_json(text))
+        return cached[1]
 
     async def _request_retrain(self, obj: dict[str, Any], exp: dict[str, Any], request,
-                               onset: float | None) -> None:
+                               onset: float | None, *, export: bool) -> None:
+        """``export``: the Experiment learns from feedback (``retrain.includeFeedback``)."""
         meta, exp_meta = obj["metadata"], exp["metadata"]
         target = (self.ctx.settings.state_dir / "retrain" / exp_meta["namespace"]
                   / exp_meta["name"] / f"{request.episode}.npz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        count = await asyncio.to_thread(RequestLogReader(self.log_dir(obj)).export_labelled,
-                                        target, onset)
+        count = 0
+        if export:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            count = await asyncio.to_thread(RequestLogReader(self.log_dir(obj)).export_labelled,
+                                            target, onset)
         retrain = request.to_status()
         retrain["deployment"] = meta["name"]
         if count:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +18,21 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from controller import api
+from controller import api, conditions
 
-__all__ = ["ApiException", "Kube", "Resource", "resource_for"]
+__all__ = ["ApiException", "Kube", "Resource", "api_message", "resource_for"]
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own sentence (``Status.message``: which verb on which resource was
+    refused, which field is invalid), else the HTTP status and reason."""
+    try:
+        body = json.loads(exc.body or "")
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except (TypeError, ValueError):
+        pass
+    return f"{exc.status} {exc.reason}"
 
 
 @dataclass(frozen=True)
@@ -176,7 +188,7 @@ class Kube:
                     component: str = "trellis-operator") -> None:
         """A core/v1 Event about ``involved`` (used where kopf's posting is not at hand)."""
         meta = involved["metadata"]
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = conditions.now_iso()
         body = {
             "apiVersion": "v1",
             "kind": "Event",

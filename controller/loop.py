@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import time
 from collections import defaultdict
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller import api, conditions
-from controller.kube import ApiException, Kube, Resource
+from controller.kube import ApiException, Kube, Resource, api_message
 from controller.logs import object_ref
 
 log = logging.getLogger("trellis.loop")
@@ -161,7 +160,7 @@ async def run_loop(
             log.warning("reconcile of %s %s/%s failed (%s %s: %s); retrying in %.1fs",
                         reconciler.resource.kind, obj["metadata"].get("namespace"),
                         obj["metadata"].get("name"), exc.status, exc.reason,
-                        _api_message(exc), delay, extra=object_ref(obj))
+                        api_message(exc), delay, extra=object_ref(obj))
         except Exception:
             failures += 1
             delay = min(backoff[0] * 2 ** failures, backoff[1])
@@ -170,14 +169,6 @@ async def run_loop(
                           obj["metadata"].get("name"), delay, extra=object_ref(obj))
         wait = resync if delay is None else min(delay, resync)
         await _sleep(wakeup, stopped, wait)
-
-
-def _api_message(exc: ApiException) -> str:
-    """The API server's own sentence (which verb on which resource was refused, ...)."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.body or "")[:500]
-    except (TypeError, ValueError):
-        return str(exc.body or "")[:500]
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any]) -> bool:

@@ -1,8 +1,9 @@
-"""Process liveness, as every part that manages detached processes needs to ask it."""
+"""Process liveness and free loopback ports, as every part that starts processes needs."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
@@ -21,3 +22,10 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no procfs: trust kill(0)
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

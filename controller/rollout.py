@@ -139,7 +139,6 @@ def plan(status: dict[str, Any], target: Target, policy: Policy, generation: int
 
     if canary is None:
         if model is None or (stable and model.version == stable["version"]):
-            out.decision = "steady" if out.decision == "steady" else out.decision
             return out
         out.rejected = [r for r in rejected if int(r["version"]) != model.version]
         out.canary = _start_canary(model, policy, ts)
@@ -171,7 +170,7 @@ def plan(status: dict[str, Any], target: Target, policy: Policy, generation: int
         return out
     if decision == "extend":
         canary["stepStartedAt"] = ts
-        out.needs_baseline = False  # keep counting from the original baseline
+        # needs_baseline stays False: the window keeps counting from the step's baseline
         return out
     if decision == "advance":
         canary.update(step=step + 1, weight=policy.steps[step + 1], stepStartedAt=ts)

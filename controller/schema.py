@@ -234,3 +234,10 @@ def _metadata_problems(meta: Any) -> Iterator[Problem]:
 def with_defaults(obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` as the API server would store it (defaults applied)."""
     return apply_defaults(load_crds()[obj["kind"]], obj)
+
+
+def spec_section(kind: str, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
+    """``spec.<name>`` with the CRD's defaults filled in, so decision code reads every
+    default from the schema instead of restating it."""
+    section = load_crds()[kind]["properties"]["spec"]["properties"][name]
+    return apply_defaults(section, dict(value or {}))

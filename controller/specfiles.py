@@ -112,6 +112,11 @@ def read(path: Path) -> tuple[list[Document], list[FileError]]:
         raw = path.read_bytes()
     except OSError as exc:
         return [], [FileError(path, None, f"cannot read: {exc.strerror or exc}")]
+    return parse_bytes(path, raw)
+
+
+def parse_bytes(path: Path, raw: bytes) -> tuple[list[Document], list[FileError]]:
+    """A spec file's documents from its bytes (a disk file or a git blob alike)."""
     if len(raw) > MAX_FILE_BYTES:
         return [], [FileError(path, None, f"file too large ({len(raw)} bytes) for a spec file")]
     if b"\x00" in raw[:8192]:

@@ -85,13 +85,37 @@ def duplicate_names(valid: list[Document]) -> list[FileError]:
     return errors
 
 
+_PROBLEMS: dict[tuple[str, str], list[schema.Problem]] = {}
+_PROBLEMS_MAX = 20000
+
+
+def object_problems(doc: Document) -> list[schema.Problem]:
+    """Schema, CEL and semantic problems of one document, remembered by content.
+
+    CEL evaluation costs milliseconds per document; the operator re-checks every commit,
+    and a commit that changes one file of 500 re-evaluates one document, not 500.
+    """
+    obj = doc.obj
+    key = (str(obj.get("kind")) if isinstance(obj, dict) else "",
+           json.dumps(obj, sort_keys=True, default=str))
+    found = _PROBLEMS.get(key)
+    if found is None:
+        found = schema.validate_object(obj)
+        if not found:
+            found = semantic_problems(doc)
+        if len(_PROBLEMS) >= _PROBLEMS_MAX:
+            _PROBLEMS.clear()
+        _PROBLEMS[key] = found
+    return list(found)
+
+
 def check_documents(docs: list[Document], extra: Iterable[RepoCheck] = ()) -> list[FileError]:
-    """Schema, CEL and cross-document checks for parsed documents."""
+    """Schema, CEL and cross-document checks for parsed documents (the CLI's and the
+    operator's: both say the same thing about the same commit)."""
     errors: list[FileError] = []
     valid: list[Document] = []
     for doc in docs:
-        problems = schema.validate_object(doc.obj)
-        problems += semantic_problems(doc) if not problems else []
+        problems = object_problems(doc)
         for p in problems:
             errors.append(FileError(doc.path, doc.line_of(p.path), str(p)))
         if not problems:

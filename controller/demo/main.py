@@ -30,8 +30,9 @@ from controller.demo import farm
 from controller.demo.cleanup import reap
 from controller.demo.recorder import Recorder
 from controller.demo.traffic import Townsfolk
-from controller.devcluster.cluster import DevCluster, free_port
+from controller.devcluster.cluster import DevCluster
 from controller.paths import CRDS_DIR, ROOT
+from controller.processes import free_port
 
 NS = farm.NAMESPACE
 WEBHOOK_SECRET = "pumpkin-patch"

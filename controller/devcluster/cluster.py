@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from controller.devcluster import binaries, certs
 from controller.paths import CRDS_DIR
-from controller.processes import pid_alive
+from controller.processes import free_port, pid_alive
 
 
 class ClusterError(RuntimeError):
@@ -37,12 +36,6 @@ class ClusterState:
     kubeconfig: str
     kubectl: str
     started_at: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_state_dir() -> Path:

@@ -9,30 +9,18 @@ flooding the API server.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from controller import api
 from controller.gitops.sync import Key, key_of
-from controller.kube import ApiException, Kube, Resource, for_kind
+from controller.kube import ApiException, Kube, Resource, api_message, for_kind
 
 CONCURRENCY = 8
 
 
 def resource(kind: str) -> Resource:
     return for_kind(api.KINDS_BY_NAME[kind])
-
-
-def api_message(exc: ApiException) -> str:
-    """The API server's own message (``Status.message``), else status and reason."""
-    try:
-        body = json.loads(exc.body or "")
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except (TypeError, ValueError):
-        pass
-    return f"{exc.status} {exc.reason}"
 
 
 async def _bounded(calls: Iterable[Awaitable[str | None]], limit: int) -> list[str]:

@@ -10,14 +10,13 @@ the objects will live.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import git
 
-from controller import api, schema, validate
+from controller import api, validate
 from controller.gitops import repochecks, trees
 from controller.specfiles import Document, FileError
 
@@ -69,48 +68,6 @@ def load_commit(mirror: Path, sha: str, spec_path: str,
     return docs, errors
 
 
-# ---------------------------------------------------------------- cached checks
-_SCHEMA_CACHE: dict[tuple[str, str], list[schema.Problem]] = {}
-_SCHEMA_CACHE_MAX = 20000
-
-
-def object_problems(obj: Any) -> list[schema.Problem]:
-    """``schema.validate_object`` + ``validate.semantic_problems``, remembered by content.
-
-    CEL evaluation costs milliseconds per document; a commit that changes one file of
-    500 re-checks one document, not 500.
-    """
-    key = (str(obj.get("kind")) if isinstance(obj, dict) else "",
-           json.dumps(obj, sort_keys=True, default=str))
-    found = _SCHEMA_CACHE.get(key)
-    if found is None:
-        found = schema.validate_object(obj)
-        if not found:
-            found = validate.semantic_problems(Document(Path("-"), 0, obj, 1))
-        if len(_SCHEMA_CACHE) >= _SCHEMA_CACHE_MAX:
-            _SCHEMA_CACHE.clear()
-        _SCHEMA_CACHE[key] = found
-    return list(found)
-
-
-def check_documents(docs: list[Document], extra: list[validate.RepoCheck]) -> list[FileError]:
-    """``validate.check_documents`` with per-document results cached (same errors, same
-    order: tests/unit/test_sync_decisions.py holds the two to each other)."""
-    errors: list[FileError] = []
-    valid: list[Document] = []
-    for doc in docs:
-        problems = object_problems(doc.obj)
-        errors += [FileError(doc.path, doc.line_of(p.path), str(p)) for p in problems]
-        if not problems:
-            valid.append(doc)
-    errors += validate.duplicate_names(valid)
-    for check in extra:
-        for doc in valid:
-            errors += [FileError(doc.path, doc.line_of(p.path), str(p))
-                       for p in check(valid, doc)]
-    return errors
-
-
 def referenced_namespaces(docs: list[Document]) -> set[str]:
     """Namespaces whose Experiments a ModelDeployment may need from the cluster."""
     local = {(d.namespace, d.name) for d in docs if d.kind == api.EXPERIMENT.kind}
@@ -133,7 +90,7 @@ def validate_commit(mirror: Path, sha: str, docs: list[Document], file_errors: l
         ctx = repochecks.RepoContext(
             tree, default_namespace=namespace, scan_repository=False,
             external=lambda ns, name: live_experiments.get((ns, name)))
-        errors = list(file_errors) + check_documents(docs, repochecks.checks_for(ctx))
+        errors = list(file_errors) + validate.check_documents(docs, repochecks.checks_for(ctx))
     finally:
         repo.close()
     errors.sort(key=lambda e: (str(e.path), e.line or 0))

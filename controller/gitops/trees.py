@@ -140,19 +140,6 @@ class CommitTree:
                       if p.startswith(prefix) and not _hidden(p[len(prefix):]))
 
 
-def decode(path: Path, raw: bytes) -> tuple[str | None, FileError | None]:
-    """Text of a spec file, or the same error ``specfiles.read`` gives for a disk file."""
-    if len(raw) > specfiles.MAX_FILE_BYTES:
-        return None, FileError(path, None, f"file too large ({len(raw)} bytes) for a spec file")
-    if b"\x00" in raw[:8192]:
-        return None, FileError(path, None, "not a text file (binary content): not a YAML spec")
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        return None, FileError(path, None,
-                               f"not UTF-8 text (byte {exc.start}): not a YAML spec")
-
-
 def spec_files(tree: SourceTree, spec_path: str) -> list[str]:
     return [f for f in tree.files_under(spec_path)
             if PurePosixPath(f).suffix in specfiles.SPEC_SUFFIXES]
@@ -176,11 +163,7 @@ def load_documents(tree: SourceTree, spec_path: str) -> tuple[list[Document], li
 
 def parse_file(rel: str, raw: bytes) -> tuple[list[Document], list[FileError]]:
     """One spec file's documents (paths repo-relative), or why it cannot be read."""
-    text, err = decode(Path(rel), raw)
-    if err is not None:
-        return [], [err]
-    assert text is not None
-    return specfiles.parse(Path(rel), text)
+    return specfiles.parse_bytes(Path(rel), raw)
 
 
 # ------------------------------------------------------------------------ git refs

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from controller import api, conditions
-from controller.canary import Analysis, Policy, analyse
+from controller.canary import Analysis, Policy, analyse, seconds_since, weights
 from controller.context import Context
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Outcome
@@ -137,7 +137,7 @@ class ModelDeploymentReconciler:
             status.pop("drift")
             status["conditions"] = conditions.remove_condition(status["conditions"],
                                                                api.Cond.DRIFT_DETECTED)
-        return Outcome(status, events, requeue_after=self._requeue(p, policy, serving, obj))
+        return Outcome(status, events, requeue_after=self._requeue(p, policy, serving, obj, now))
 
     # ------------------------------------------------------------------ steps
     async def _analyse(self, obj: dict[str, Any], status: dict[str, Any], policy: Policy,
@@ -192,8 +192,7 @@ class ModelDeploymentReconciler:
             "stableVersion": f"v{p.stable['version']}" if p.stable else None,
             "canaryVersion": f"v{p.canary['version']}" if p.canary else None,
         }
-        return {k: v for k, v in out.items() if v is not None} | {
-            k: None for k, v in out.items() if v is None}
+        return out
 
     def _conditions(self, status: dict[str, Any], p: Plan, serving: ServingState, target,
                     gen: int) -> list[dict[str, Any]]:
@@ -237,14 +236,13 @@ class ModelDeploymentReconciler:
         return Outcome(status, requeue_after=None)
 
     def _requeue(self, p: Plan, policy: Policy, serving: ServingState,
-                 obj: dict[str, Any]) -> float | None:
+                 obj: dict[str, Any], now: dt.datetime) -> float | None:
         if not serving.ready:
             return 2.0
         delays = []
         if p.canary:
             started = p.canary.get("stepStartedAt")
-            elapsed = (dt.datetime.now(dt.UTC) - conditions.parse_time(started)).total_seconds() \
-                if started else 0.0
+            elapsed = seconds_since(started, now) if started else 0.0
             delays.append(max(0.5, policy.interval_s - elapsed))
         if (obj.get("spec") or {}).get("auth"):
             delays.append(5.0)  # pick up a rotated token without waiting for a resync
@@ -256,6 +254,8 @@ class ModelDeploymentReconciler:
     async def cleanup(self, obj: dict[str, Any]) -> None:
         backend = (obj.get("spec") or {}).get("backend", "local")
         await self.driver(backend).teardown(obj)
+        if self.drift is not None:
+            self.drift.forget(obj)
 
     async def close(self) -> None:
         if self.receiver_runner is not None:
@@ -273,15 +273,11 @@ class MissingSecret(RuntimeError):
 
 
 def _predictors(p: Plan) -> list[Predictor]:
-    out = []
-    canary_w = int(p.canary["weight"]) if p.canary else 0
-    if p.stable:
-        out.append(Predictor("stable", int(p.stable["version"]), p.stable["modelUri"],
-                             100 - canary_w))
-    if p.canary:
-        out.append(Predictor("canary", int(p.canary["version"]), p.canary["modelUri"],
-                             canary_w if p.stable else 100))
-    return out
+    split = weights(int(p.stable["version"]) if p.stable else None,
+                    int(p.canary["version"]) if p.canary else None,
+                    int(p.canary["weight"]) if p.canary else 0)
+    return [Predictor(name, int(entry["version"]), entry["modelUri"], split[name])
+            for name, entry in (("stable", p.stable), ("canary", p.canary)) if entry]
 
 
 def _phase(p: Plan, serving: ServingState) -> str:

@@ -23,6 +23,7 @@ from controller.loop import Event, Outcome
 from controller.training import decide
 from controller.training.decide import Backoff, Idle, Launch, Observe, RunKey
 from controller.training.kubernetes import KubernetesTrainingBackend, render_job
+from controller.training.local import LocalTrainingBackend, RunRef, RunRequest
 from controller.training.preflight import Preflight, preflight
 
 log = logging.getLogger("trellis.experiments")
@@ -33,8 +34,6 @@ class ExperimentReconciler:
     resource = EXPERIMENTS
 
     def __init__(self, ctx: Context) -> None:
-        from controller.training.local import LocalTrainingBackend
-
         self.ctx = ctx
         self.local = LocalTrainingBackend(
             ctx.settings.datastore_root, python=ctx.settings.training_python or sys.executable)
@@ -102,14 +101,10 @@ class ExperimentReconciler:
                        current: dict[str, Any]) -> list[Event]:
         if obj["spec"].get("backend", "local") == "kubernetes":
             return await self._observe_job(obj, status, current)
-        from controller.training.local import RunRef, RunRequest
-
         key = RunKey(int(current["generation"]), current.get("trigger") or "")
         if not current.get("launched"):
-            return await self._launch_local(obj, status, current, key, RunRequest)
-        ref = RunRef(pathspec=current.get("pathspec"), pid=current.get("pid"),
-                     workdir=current["workdir"])
-        seen = await self.local.observe(ref)
+            return await self._launch_local(obj, status, current, key)
+        seen = await self.local.observe(RunRef.from_dict(current))
         if seen.pathspec and seen.pathspec != current.get("pathspec"):
             current = {**current, "pathspec": seen.pathspec}
             status["currentRun"] = current
@@ -124,14 +119,14 @@ class ExperimentReconciler:
             "error": seen.error,
         })
 
-    async def _launch_local(self, obj, status, current, key: RunKey, request_cls) -> list[Event]:
+    async def _launch_local(self, obj, status, current, key: RunKey) -> list[Event]:
         spec = obj["spec"]
         root = self._source_root(obj)
         existing = await self.local.find(self._tags(obj, current))
         if existing:  # launched just before a restart: adopt it
             ref = existing[0]
         else:
-            ref = await self.local.launch(request_cls(
+            ref = await self.local.launch(RunRequest(
                 flow_file=root / spec["flow"]["file"], flow_name=spec["flow"]["name"],
                 parameters={**(spec.get("parameters") or {}),
                             **self._extra_parameters(obj, key)},
@@ -310,10 +305,7 @@ class ExperimentReconciler:
     async def cleanup(self, obj: dict[str, Any]) -> None:
         current = (obj.get("status") or {}).get("currentRun")
         if current and current.get("launched") and obj["spec"].get("backend") != "kubernetes":
-            from controller.training.local import RunRef
-
-            await self.local.cancel(RunRef(pathspec=current.get("pathspec"),
-                                           pid=current.get("pid"), workdir=current["workdir"]))
+            await self.local.cancel(RunRef.from_dict(current))
 
 
 def _last_line(run: dict[str, Any] | None) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +23,8 @@ import numpy as np
 from aiohttp import web
 
 from controller.serving.requestlog import FeedbackMismatch, RequestLog, StorageFull, UnknownPuid
-from controller.serving.router_config import images_uint8, predicted_classes
+from controller.serving.requestlog_read import deployment_log_dir
+from controller.serving.router_config import images_uint8, parse_feedback, predicted_classes
 
 log = logging.getLogger("trellis.cloudevents")
 
@@ -37,6 +39,7 @@ class Receiver:
         self.root = root
         self.max_bytes = max_bytes
         self.logs: dict[tuple[str, str], RequestLog] = {}
+        self._logs_lock = threading.Lock()
         self.pending: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
     def app(self) -> web.Application:
@@ -46,10 +49,13 @@ class Receiver:
         return app
 
     def log_for(self, namespace: str, name: str) -> RequestLog:
+        """One writer per log: two writers on a directory would reuse chunk numbers."""
         key = (namespace, name)
-        if key not in self.logs:
-            self.logs[key] = RequestLog(self.root / namespace / name, self.max_bytes)
-        return self.logs[key]
+        with self._logs_lock:  # called from worker threads
+            if key not in self.logs:
+                self.logs[key] = RequestLog(deployment_log_dir(self.root, namespace, name),
+                                            self.max_bytes)
+            return self.logs[key]
 
     async def event(self, request: web.Request) -> web.Response:
         h = request.headers
@@ -92,16 +98,12 @@ class Receiver:
     async def feedback(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         try:
-            body = await request.json()
-            puid = str(body.get("puid") or body["response"]["meta"]["puid"])
-            raw = body["label"] if "label" in body else body["truth"]["data"]["ndarray"]
-            labels = [int(v) for v in (raw if isinstance(raw, list) else [raw])]
-        except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, f"feedback needs a puid and integer labels: {exc}")
-        if any(v not in (0, 1) for v in labels):
-            return _error(400, "labels must be 0 (bad) or 1 (good)")
+            puid, labels = parse_feedback(await request.json())
+        except ValueError as exc:  # malformed JSON, or FeedbackError
+            return _error(400, str(exc))
         try:
-            await asyncio.to_thread(self.log_for(ns, name).record_feedback, puid, labels)
+            await asyncio.to_thread(
+                lambda: self.log_for(ns, name).record_feedback(puid, labels))
         except UnknownPuid:
             return _error(404, f"no logged prediction with puid {puid!r}")
         except FeedbackMismatch as exc:

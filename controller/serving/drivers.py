@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controller.api import MODEL_DEPLOYMENT
 from controller.context import Context
 from controller.kube import SELDON_DEPLOYMENTS
 from controller.paths import SERVING_DIR
+from controller.schema import spec_section
 from controller.serving import seldon
+from controller.serving.requestlog_read import deployment_log_dir
 from controller.serving.seldon import Predictor
 
 PREDICTIONS_PATH = "/api/v1.0/predictions"
@@ -51,14 +54,14 @@ class LocalDriver:
         from controller.serving.local import DesiredServing, PredictorSpec
 
         meta = mdep["metadata"]
-        storage = ((mdep.get("spec") or {}).get("drift") or {}).get("storage") or {}
+        drift = spec_section(MODEL_DEPLOYMENT.kind, "drift", (mdep.get("spec") or {}).get("drift"))
         desired = DesiredServing(
             namespace=meta["namespace"], name=meta["name"],
             predictors=[PredictorSpec(p.name, p.version, p.model_uri, p.weight)
                         for p in predictors],
-            log_dir=(self.ctx.settings.request_log_dir / meta["namespace"] / meta["name"]
-                     if drift_logging else None),
-            max_log_bytes=int(storage.get("maxBytes", 256 * 1024 * 1024)),
+            log_dir=(deployment_log_dir(self.ctx.settings.request_log_dir, meta["namespace"],
+                                        meta["name"]) if drift_logging else None),
+            max_log_bytes=int(drift["storage"]["maxBytes"]),
             auth_token=auth_token,
         )
         observed = await self.backend.ensure(desired)

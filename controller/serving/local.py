@@ -24,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from controller.processes import free_port
 from controller.serving import procs
 from controller.serving.local_router import RouterSupervisor
 from controller.serving.local_state import (
@@ -230,9 +231,9 @@ class LocalServingBackend:
             raise ServingError(
                 f"{script} not found: create the serving environment from serving/requirements.lock"
             )
-        port, metrics_port = procs.free_port(), procs.free_port()
+        port, metrics_port = free_port(), free_port()
         while metrics_port == port:
-            metrics_port = procs.free_port()
+            metrics_port = free_port()
         log = directory / "logs" / f"{spec.name}-v{spec.version}-{port}.log"
         argv = [
             *(str(script), MODEL_CLASS, "--service-type", "MODEL"),
@@ -313,8 +314,7 @@ class LocalServingBackend:
         self, state: State, predictors: dict[str, PredictorState], ready: bool, message: str
     ) -> ServingObserved:
         endpoint = f"http://127.0.0.1:{state.router.port}" if state.router else ""
-        metrics_url = f"{endpoint}/metrics" if endpoint else ""
-        return ServingObserved(endpoint, metrics_url, ready, predictors, message)
+        return ServingObserved(endpoint, ready, predictors, message)
 
 
 def _validate(desired: DesiredServing) -> None:

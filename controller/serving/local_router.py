@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
+from controller.processes import free_port
 from controller.serving import procs
 from controller.serving.local_state import RouterProc, State, save_state
 from controller.serving.router_config import RouterConfig, config_bytes, write_atomic
@@ -77,7 +78,7 @@ class RouterSupervisor:
         if router is not None and procs.port_is_free(router.port):
             port = router.port
         else:
-            port = procs.free_port()
+            port = free_port()
             if router is not None:
                 logger.warning("router port %d taken; endpoint moves to %d", router.port, port)
         marker = self.marker(directory, port)

@@ -54,7 +54,6 @@ class PredictorState:
 @dataclass
 class ServingObserved:
     endpoint: str
-    metrics_url: str
     ready: bool
     predictors: dict[str, PredictorState]
     message: str = ""

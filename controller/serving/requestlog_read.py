@@ -23,6 +23,11 @@ IMAGE_SHAPE = (64, 64, 3)
 _CHUNK = re.compile(r"^chunk-(\d+)\.(npz|jsonl)$")
 
 
+def deployment_log_dir(root: Path, namespace: str, name: str) -> Path:
+    """Where one deployment's log lives under ``root``: writers and readers agree here."""
+    return root / namespace / name
+
+
 def _numbered(directory: Path, suffix: str) -> list[tuple[int, Path]]:
     try:
         names = os.listdir(directory)

@@ -85,8 +85,6 @@ class RunObservation:
     commit: str | None = None
     dataset_fingerprint: str | None = None
     error: str | None = None  # last lines of the failing step's stderr
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 class LocalTrainingBackend:
@@ -233,7 +231,6 @@ class LocalTrainingBackend:
             epoch=progress.get("epoch"), epochs=progress.get("epochs"),
             metrics=_numbers(progress.get("metrics")),
             epoch_metrics=list(progress.get("epoch_metrics") or []),
-            started_at=launcher.get("started_at"),
         )
         pid = ref.pid or launcher.get("pid")
         if not result and wd is not None and pid and _group_alive(pid, launcher.get("starttime")):
@@ -247,14 +244,12 @@ class LocalTrainingBackend:
             obs.epoch_metrics = list(arts.get("epoch_metrics") or obs.epoch_metrics)
             for name in ("model_uri", "reference_uri", "commit", "dataset_fingerprint"):
                 setattr(obs, name, arts.get(name))
-            obs.finished_at = view.get("finished_at") or result.get("finished_at")
         elif result or view.get("failed_stderr"):
             obs.state = "failed"
             obs.error = (_tail(view.get("failed_stderr")) or _tail(result.get("error"))
                          or (wd and (_tail(_read_text(wd / "stderr.log"))
                                      or _tail(_read_text(wd / "launcher.log"))))
                          or f"the flow exited with code {result.get('returncode')}")
-            obs.finished_at = result.get("finished_at") or time.time()
         elif wd is None:
             return obs  # found by tags only: no process to watch, assume it still runs
         elif read_json(wd / "result.json"):
@@ -285,9 +280,7 @@ class LocalTrainingBackend:
                     for name in ARTIFACTS:
                         with contextlib.suppress(KeyError):
                             arts[name] = task[name].data
-                    end = run.finished_at
-                    return {"successful": True, "artifacts": arts,
-                            "finished_at": end.timestamp() if end else None}
+                    return {"successful": True, "artifacts": arts}
                 for step in run:
                     for task in step:
                         if task.metadata_dict.get("attempt_ok") == "False":
@@ -395,6 +388,8 @@ def _group_alive(pgid: int, starttime: int | None) -> bool:
     state, _, start = _proc_stat(pgid)
     if state and starttime is not None and start != starttime:
         return False  # the pid now belongs to an unrelated process
+    if state and state not in ("Z", "X"):
+        return True  # the launcher leads the group and outlives its flow: no scan needed
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             state, group, _ = _proc_stat(int(entry.name))

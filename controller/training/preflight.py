@@ -21,7 +21,6 @@ class Preflight:
     problem: str = ""
     reason: str = ""
     commit: str | None = None
-    declared: tuple[str, ...] = ()
 
 
 def preflight(exp: dict[str, Any], root: Path, extra: dict[str, Any]) -> Preflight:
@@ -46,8 +45,7 @@ def preflight(exp: dict[str, Any], root: Path, extra: dict[str, Any]) -> Preflig
     problems = flowinspect.check_parameters(found.parameters, given)
     if problems:
         return Preflight("; ".join(problems), api.Reason.INVALID_PARAMETERS)
-    return Preflight(commit=_commit(exp, root),
-                     declared=tuple(p.name for p in found.parameters))
+    return Preflight(commit=_commit(exp, root))
 
 
 def _commit(exp: dict[str, Any], root: Path) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.devcluster.cluster import free_port
+from controller.processes import free_port
 from tests.support.clusterwide import scrape
 from tests.support.gitrepo import experiment
 from tests.support.kube import Cluster, operator_process, wait_for

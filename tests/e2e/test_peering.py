@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.devcluster.cluster import free_port
+from controller.processes import free_port
 from tests.support.clusterwide import (
     admin_api,
     install_crds,

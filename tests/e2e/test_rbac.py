@@ -37,7 +37,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from controller.devcluster.cluster import free_port
+from controller.processes import free_port
 from tests.support.clusterwide import (
     MANIFESTS,
     admin_api,

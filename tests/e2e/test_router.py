@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from controller.serving.procs import free_port
+from controller.processes import free_port
 from controller.serving.router import Router
 from controller.serving.router_config import Predictor, RouterConfig, write_config
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from controller.devcluster.cluster import free_port
+from controller.processes import free_port
 from tests.support.gitrepo import FLOW, GitRepo, deployment, experiment
 from tests.support.kube import Cluster, condition, wait_for
 

@@ -46,7 +46,7 @@ def test_request_and_response_are_joined_into_one_logged_row(tmp_path: Path) -> 
     results = run(tmp_path, [
         post("/", RESPONSE_BODY, headers(RESPONSE, "r1")),   # the response may come first
         post("/", {"data": {"ndarray": IMAGES}}, headers(REQUEST, "r1")),
-        post("/feedback/farm/classifier", {"puid": "r1", "label": [0, 1]}),
+        post("/feedback/farm/classifier", {"puid": "r1", "labels": [0, 1]}),
         post("/feedback/farm/classifier", {"puid": "nope", "label": 1}),
         post("/feedback/farm/classifier", {"puid": "r1", "label": [7, 1]}),
     ])
