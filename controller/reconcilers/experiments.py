@@ -138,7 +138,8 @@ class ExperimentReconciler:
         status["currentRun"] = {**current, "launched": True,
                                 **({"pid": ref.pid} if ref.pid else {}),
                                 **({"pathspec": ref.pathspec} if ref.pathspec else {})}
-        self.ctx.metrics.runs.labels("started").inc()
+        if not existing:  # a run is counted once, by whoever started it
+            self.ctx.metrics.runs.labels("started").inc()
         what = "re-attached to" if existing else "started"
         return [Event(api.Reason.RUN_STARTED, f"{what} run for {key.label()}, attempt "
                       f"{current['attempt']}")]
@@ -153,12 +154,15 @@ class ExperimentReconciler:
                                          **self._extra_parameters(obj, key)},
                              tags=self._tags(obj, current), commit=current.get("commit"),
                              source_url=ann.get(api.ANN_SOURCE_URL))
-            created = await self.cluster.launch(job)
+            created, adopted = await self.cluster.launch(job)
             status["currentRun"] = {**current, "launched": True,
                                     "job": created["metadata"]["name"]}
-            self.ctx.metrics.runs.labels("started").inc()
-            return [Event(api.Reason.RUN_STARTED, f"Job {created['metadata']['name']} created "
-                          f"for {key.label()}, attempt {current['attempt']}")]
+            if not adopted:  # a run is counted once, by whoever started it
+                self.ctx.metrics.runs.labels("started").inc()
+            name = created["metadata"]["name"]
+            what = f"re-attached to Job {name}" if adopted else f"Job {name} created"
+            return [Event(api.Reason.RUN_STARTED,
+                          f"{what} for {key.label()}, attempt {current['attempt']}")]
         state, message = await self.cluster.observe(meta["namespace"], current["job"])
         if state == "running":
             status["progress"] = {"step": "job"}

@@ -141,12 +141,14 @@ class KubernetesTrainingBackend:
         self.kube = kube
         self.settings = settings
 
-    async def launch(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def launch(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The Job, and whether it already existed (created before a restart or by a
+        replica that lost its lease before recording it): adopted, never duplicated."""
         existing = await self.kube.get(JOBS, job["metadata"]["namespace"],
                                        job["metadata"]["name"])
-        if existing is not None:  # created before a restart: adopt, never duplicate
-            return existing
-        return await self.kube.create(JOBS, job["metadata"]["namespace"], job)
+        if existing is not None:
+            return existing, True
+        return await self.kube.create(JOBS, job["metadata"]["namespace"], job), False
 
     async def observe(self, namespace: str, name: str) -> tuple[str, str]:
         return job_state(await self.kube.get(JOBS, namespace, name))

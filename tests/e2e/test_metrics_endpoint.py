@@ -68,3 +68,30 @@ def test_counters_move_with_a_kubernetes_training_run(
                      timeout=30, what="the lost run counted as failed")
     assert after[STARTED] == 1  # retry.limit 0: no second attempt
     assert after[RECONCILED] > seen[RECONCILED]
+
+
+def test_a_job_created_before_the_status_write_is_adopted_not_counted_again(
+        cluster: Cluster, namespace: str, metrics_port: int) -> None:
+    """A replica killed between creating the Job and recording it on status leaves the Job
+    behind; whoever reconciles next adopts it, and the run is not counted a second time."""
+    wait_for(lambda: healthy(metrics_port), timeout=60, what="/healthz answers")
+    cluster.apply({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "classifier-g1-a1", "namespace": namespace},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "flow", "image": "ghcr.io/trellis-mlops/trainer:0.1.0"}]}}},
+    })
+    cluster.apply(yaml.safe_load(experiment("classifier", namespace, gpu=0,
+                                            backend="kubernetes")))
+
+    def recorded():
+        run = ((cluster.get("exp", "classifier", namespace) or {}).get("status") or {}).get(
+            "currentRun") or {}
+        return run.get("launched") and run
+    run = wait_for(recorded, timeout=60, what="the run recorded on status")
+    assert run["job"] == "classifier-g1-a1"
+    events = cluster.kubectl("get", "events", "-n", namespace).stdout
+    assert "re-attached to Job classifier-g1-a1" in events
+    assert scrape(metrics_port).get(STARTED, 0) == 0
+    assert cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split() == [
+        "job.batch/classifier-g1-a1"]
