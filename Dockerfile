@@ -6,8 +6,9 @@
 #   docker build --target model-server  -t ghcr.io/trellis-mlops/model-server:0.1.0 .
 #
 # The environments come from the same lock files `make test` installs: uv.lock for the
-# operator/CLI and the trainer (kopf, kubernetes, metaflow, torch), serving/requirements.lock
-# for the model server (seldon-core 1.17.1, which cannot share an environment with kopf).
+# operator/CLI (kopf, kubernetes, metaflow; no torch, matplotlib or CUDA) and the trainer
+# (the same plus the `train` extra: torch), serving/requirements.lock for the model server
+# (seldon-core 1.17.1, which cannot share an environment with kopf).
 # Build stages hold uv and the caches; final stages hold a venv, the code they run, a
 # non-root user, and no build tools. tests/unit/test_dockerfile.py checks all of this.
 
@@ -29,29 +30,47 @@ RUN groupadd --gid 10001 trellis \
 
 # --------------------------------------------------------------------------- build
 # Resolves nothing: installs exactly what the lock files say (--frozen / pip sync).
-FROM base AS build
+FROM base AS uv
 ARG UV_VERSION
+# uv's download cache: the cache mount below, unless the builder bind-mounts a cache of
+# its own elsewhere and says so here (controller/devcluster/images.py shares the host's,
+# so a local build downloads nothing `make env` already fetched).
+ARG UV_CACHE_DIR=/root/.cache/uv
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 ENV UV_PYTHON_DOWNLOADS=never \
     UV_PYTHON=/usr/local/bin/python3.11 \
     UV_LINK_MODE=copy \
     UV_COMPILE_BYTECODE=1 \
-    UV_PROJECT_ENVIRONMENT=/app/.venv
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    UV_CACHE_DIR=${UV_CACHE_DIR}
 WORKDIR /app
+
+# The operator's environment (the controller image's).
+FROM uv AS build
 # Dependencies first (the slow, rarely changing layer), then the project itself.
+# --inexact changes nothing in a fresh build; when a local build syncs a kept
+# environment again (images.py), it keeps what build-train added instead of removing it.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --inexact --no-install-project
 COPY controller ./controller
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --inexact --no-editable
 
-# The model server's environment, as `make serving-env` builds it.
-FROM build AS build-serving
+# The trainer's environment: the operator's plus the `train` extra (torch, CUDA wheels).
+FROM build AS build-train
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --extra train
+
+# The model server's environment, as `make serving-env` builds it. UV_PYTHON names the
+# target of `uv pip` (the build's own UV_PYTHON would sync into /usr/local instead);
+# --allow-existing: a local build may keep this directory outside the image and sync it
+# again (controller/devcluster/images.py).
+FROM uv AS build-serving
 COPY serving/requirements.lock ./serving/requirements.lock
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv venv /app/.venv-serving \
- && VIRTUAL_ENV=/app/.venv-serving uv pip sync serving/requirements.lock
+    uv venv --allow-existing /app/.venv-serving \
+ && UV_PYTHON=/app/.venv-serving/bin/python uv pip sync serving/requirements.lock
 
 # ---------------------------------------------------------------------- controller
 # The operator and the CLI: `trellis operator --peering trellis --liveness-port 8080`.
@@ -79,13 +98,14 @@ CMD ["operator", "--peering", "trellis", "--liveness-port", "8080"]
 # What a `backend: kubernetes` Experiment's Job runs: `python /app/flows/<flow>.py
 # --datastore=s3 run --with kubernetes:...` (or the same from /workspace/src, cloned by
 # the Job's initContainer with this image's git). Metaflow, torch and boto3 come with
-# the operator's lock, so a flow trains with exactly the packages `make test` tests.
+# the operator's lock (with its `train` extra), so a flow trains with exactly the
+# packages `make test` tests.
 FROM base AS trainer
 RUN apt-get update \
  && apt-get install --yes --no-install-recommends git ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY --from=build /app/.venv /app/.venv
+COPY --from=build-train /app/.venv /app/.venv
 COPY flows ./flows
 # Metaflow's local metadata (.metaflow) goes to the user's home, never into the code.
 ENV PATH=/app/.venv/bin:$PATH \

@@ -12,21 +12,25 @@ export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 export UV_PYTHON_DOWNLOADS := never
 export METAFLOW_USER ?= trellis
 
-.PHONY: help install env serving-env cluster-binaries lint test test-unit demo bench clean
+.PHONY: help install env serving-env cluster-binaries node-deps lint test test-images \
+	test-unit demo bench chaos clean
 
 help:
 	@echo "make demo   - the pumpkin farm's whole story (dev cluster, operator, report)"
 	@echo "make test   - install everything, lint, run the whole test suite"
 	@echo "make bench  - benchmarks -> bench/results.json"
+	@echo "make chaos  - the fault harness alone (operator kills, API server restarts, etcd outages)"
+	@echo "make test-images - the real (CUDA-sized) images, built and run as pods"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
 	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
-# The operator/CLI environment, from uv.lock (kopf, kubernetes<37, metaflow, torch, ...).
+# The operator/CLI environment, from uv.lock (kopf, kubernetes<37, metaflow, ...) with
+# every extra: tests train (torch, `train`) and draw the demo's report (`demo`).
 env: $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
 
 # The model-server environment: seldon-core 1.17.1 cannot share an environment with kopf.
 serving-env: $(UV)
@@ -35,16 +39,31 @@ serving-env: $(UV)
 
 install: env serving-env
 
-# etcd, kube-apiserver and kubectl, built once from Go modules into ~/.cache/trellis.
+# etcd, kube-apiserver, kubectl and the node's kubelet, controller-manager, scheduler
+# and kube-proxy, built once from Go modules into ~/.cache/trellis.
 cluster-binaries: env
-	$(VENV)/bin/python -c "from controller.devcluster import binaries; binaries.ensure_all()"
+	$(VENV)/bin/python -c "from controller.devcluster import binaries; \
+	    binaries.ensure_all(); binaries.ensure_node()"
+
+# containerd, runc, CNI plugins, buildah, ... from Debian (as root; once).
+node-deps:
+	bash scripts/install-node-deps.sh
 
 lint: env
 	$(VENV)/bin/ruff check controller tests flows serving bench
 
-test: install cluster-binaries lint
+# TEST_TMPDIR: the tests' TMPDIR (.ci/run gives them one of their own, to check it after).
+test: install cluster-binaries node-deps lint
 	bash scripts/install-chromium.sh
-	$(VENV)/bin/pytest -ra tests
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(VENV)/bin/pytest -ra tests
+
+# The Dockerfile's trainer and model-server images with their CUDA-sized environments
+# baked into the layers (make test mounts them from the host instead: minutes and
+# ~13 GB of containerd storage per image), checked as images and as pods on the node.
+test-images: install cluster-binaries
+	bash scripts/install-node-deps.sh
+	TRELLIS_IMAGE_ENVIRONMENTS=baked $(VENV)/bin/pytest -ra tests/images \
+	    tests/node/test_images_in_pods.py
 
 test-unit: env
 	$(VENV)/bin/pytest -q tests/unit
@@ -54,6 +73,11 @@ demo: install cluster-binaries
 
 bench: install cluster-binaries
 	$(VENV)/bin/python bench/run.py --out bench/results.json
+
+# The fault harness (also the `chaos` suite of `make bench`; a fixed-seed slice runs in
+# `make test`): rows on stdout, every trial's record in bench/chaos-trials.json.
+chaos: install cluster-binaries
+	$(VENV)/bin/python bench/chaos_bench.py --detail bench/chaos-trials.json
 
 clean:
 	-$(VENV)/bin/trellis dev-cluster down

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,16 @@ from scipy.stats import ks_2samp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import rows
+from bench.rows import emit
 from controller.drift import Reference, ks_test
+
+row = partial(rows.row, digits=6)
 
 N_REF = 2000  # reference.json holds at most 2000 rows (docs/contracts.md)
 PUMPKIN_F = 10  # len(flows.pumpkin_model.FEATURE_NAMES)
 SHIFT = 0.3
 
-
-def row(name: str, value: float, unit: str, baseline: str | None = None,
-        baseline_value: float | None = None, notes: str = "") -> dict[str, Any]:
-    ratio = round(value / baseline_value, 4) if baseline_value else None
-    return {"name": name, "value": round(value, 6), "unit": unit, "baseline": baseline,
-            "baseline_value": None if baseline_value is None else round(baseline_value, 6),
-            "ratio": ratio, "notes": notes}
 
 
 def paired_seconds(a: Callable[[], object], b: Callable[[], object],
@@ -216,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         null, drift = pumpkin_windows()
         rows += accuracy_rows("pumpkin orange->10% white", null, drift, sizes, 200, 100,
                               args.seed, list(FEATURE_NAMES))
-    text = json.dumps(rows, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(rows, args.out)
     return 0
 
 

@@ -25,11 +25,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import rows
+from bench.rows import emit
 from controller import api
 from controller.context import Context
 from controller.devcluster.cluster import DevCluster
@@ -40,15 +43,10 @@ from controller.reconcilers.specrepos import SpecRepositoryReconciler
 from controller.settings import Settings
 from tests.support.gitrepo import FLOW, GitRepo, deployment, experiment
 
+row = partial(rows.row, digits=4)
+
 SECRET = b"bench-webhook-secret"
 
-
-def row(name: str, value: float, unit: str, baseline: str | None = None,
-        baseline_value: float | None = None, notes: str = "") -> dict[str, Any]:
-    ratio = round(value / baseline_value, 3) if baseline_value else None
-    return {"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
-            "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-            "ratio": ratio, "notes": notes}
 
 
 def make_repo(root: Path, files: int) -> GitRepo:
@@ -205,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"server, {args.files} specs in the repository, {len(lat)} rounds, max "
                   f"{max(lat):.3f}s"),
     ]
-    text = json.dumps(rows, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(rows, args.out)
     return 0
 
 

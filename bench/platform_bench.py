@@ -28,17 +28,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.rows import row  # noqa: E402
 from controller.devcluster.cluster import DevCluster  # noqa: E402
 
 PARAMS = {"seed": 7, "epochs": 4, "lr": 0.003, "variety": "orange"}
 
-
-def row(name: str, value: float, unit: str, baseline: str, baseline_value: float | None,
-        notes: str) -> dict[str, Any]:
-    ratio = round(value / baseline_value, 3) if baseline_value else None
-    return {"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
-            "baseline_value": None if baseline_value is None else round(baseline_value, 3),
-            "ratio": ratio, "notes": notes}
 
 
 def train_through_operator(work: Path) -> tuple[float, dict[str, Any]]:

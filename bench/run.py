@@ -25,10 +25,24 @@ def suites(quick: bool) -> list[tuple[str, list[str]]]:
         drift += ["--trials", "200", "--power-trials", "100", "--repeats", "5"]
     if ALIBI.exists():
         drift += ["--alibi-python", str(ALIBI)]
+    scale = [str(ROOT / "bench" / "scale_bench.py")]
+    if quick:
+        scale += ["--sizes", "100", "--window", "10"]
+    fuzz = [str(ROOT / "bench" / "fuzz_bench.py")]
+    if quick:
+        fuzz += ["--spec-cases", "300", "--endpoint-cases", "1000"]
+    chaos = [str(ROOT / "bench" / "chaos_bench.py")] + (["--quick"] if quick else [])
     return [
         ("platform", [str(ROOT / "bench" / "platform_bench.py")]),
         ("drift", drift),
         ("gitops", [str(ROOT / "bench" / "gitops_bench.py")]),
+        ("fuzz", fuzz),
+        ("images", [str(ROOT / "bench" / "images_bench.py")]),
+        ("scale", scale),
+        ("node", [str(ROOT / "bench" / "node_bench.py")]),
+        ("chaos", chaos),
+        # the last recorded fresh-machine `make test` (`--run` repeats it: most of an hour)
+        ("fresh", [str(ROOT / "bench" / "fresh_test_bench.py")]),
     ]
 
 

@@ -76,6 +76,7 @@ class Reason:
     MODEL_REGISTERED: Final = "ModelRegistered"
     FLOW_NOT_FOUND: Final = "FlowNotFound"
     INVALID_PARAMETERS: Final = "InvalidParameters"
+    LOCAL_TRAINING_DISABLED: Final = "LocalTrainingDisabled"
     RETRAIN_REQUESTED: Final = "RetrainRequested"
     # ModelDeployment
     MODEL_NOT_READY: Final = "ModelNotReady"
@@ -98,6 +99,16 @@ class Reason:
     VALIDATION_FAILED: Final = "ValidationFailed"
     APPLY_FAILED: Final = "ApplyFailed"
     SUSPENDED: Final = "Suspended"
+    # Any kind: a reconcile pass that failed (controller.failures says which and why)
+    RECONCILE_FAILED: Final = "ReconcileFailed"
+    API_UNAVAILABLE: Final = "APIUnavailable"
+    REJECTED: Final = "Rejected"
+    FORBIDDEN: Final = "Forbidden"
+    UNAUTHORIZED: Final = "Unauthorized"
+    RESOURCE_NOT_FOUND: Final = "ResourceNotFound"
+    CONFLICT: Final = "Conflict"
+    METRICS_UNAVAILABLE: Final = "MetricsUnavailable"
+    MODEL_UNREADABLE: Final = "ModelUnreadable"
 
 
 class Phase:

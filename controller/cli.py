@@ -24,25 +24,68 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     cluster = DevCluster(Path(args.dir) if args.dir else None)
     try:
         if args.action == "up":
-            st = cluster.up()
-            print(f"dev cluster ready: https://127.0.0.1:{st.apiserver_port} "
-                  f"(kubeconfig {st.kubeconfig})")
+            st = cluster.up(node=args.node, log=lambda m: print(m, file=sys.stderr))
+            where = f"https://{st.host}:{st.apiserver_port}"
+            print(f"dev cluster ready: {where} (kubeconfig {st.kubeconfig})"
+                  + (f", node {cluster.node.state().name} Ready" if st.node else ""))
             print("\n".join(cluster.env_lines()))
         elif args.action == "down":
             print("dev cluster stopped" if cluster.down() else "dev cluster was not running")
         elif args.action == "status":
-            st = cluster.state()
-            if st and cluster.running():
-                print(f"running: https://127.0.0.1:{st.apiserver_port} "
-                      f"etcd pid {st.etcd_pid}, kube-apiserver pid {st.apiserver_pid}")
-            else:
-                print("not running")
-                return 1
+            return _dev_cluster_status(cluster)
         elif args.action == "env":
             print("\n".join(cluster.env_lines()))
+        elif args.action == "images":
+            return _dev_cluster_images(cluster, args)
     except ClusterError as exc:
         raise UserError(str(exc)) from exc
     return 0
+
+
+def _dev_cluster_images(cluster, args: argparse.Namespace) -> int:
+    """Build the project's images (cached by their inputs) and import them into the
+    running node's containerd, under the names the manifests use."""
+    from controller.devcluster import images
+
+    node = cluster.node.state() if cluster.state() else None
+    socket = node.containerd_socket if node else None
+    try:
+        infos = images.ensure_images(socket, tuple(args.image or images.NAMES),
+                                     environments=args.environments, force=args.rebuild,
+                                     log=lambda m: print(m, file=sys.stderr))
+    except images.ImageError as exc:
+        raise UserError(str(exc)) from exc
+    for info in infos.values():
+        steps = ", ".join(f"{k} {v:.0f} s" for k, v in info.seconds.items()) or "cached"
+        extra = f" + {info.mounts_size / 1e6:,.0f} MB mounted" if info.mounts else ""
+        print(f"{info.name:<13} {info.ref:<48} {info.size / 1e6:>8,.0f} MB{extra} ({steps})")
+    if socket is None:
+        print("no node running: built only; `trellis dev-cluster up --node` then run this "
+              "again to import them", file=sys.stderr)
+    if any(info.mounts for info in infos.values()):
+        print("mounted environments: only pods that mount them (the tests') can run these "
+              "images; the operator's pods need --environments baked", file=sys.stderr)
+    return 0
+
+
+def _dev_cluster_status(cluster) -> int:
+    st = cluster.state()
+    if st is None:
+        print("not running")
+        return 1
+    from controller.processes import pid_alive
+
+    procs = {"etcd": st.etcd_pid, "kube-apiserver": st.apiserver_pid}
+    node = cluster.node.state()
+    procs.update(node.pids if node else {})
+    print(f"api server: https://{st.host}:{st.apiserver_port} (kubeconfig {st.kubeconfig})")
+    for name, pid in procs.items():
+        print(f"  {name:<24} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
+    if node:
+        print(f"  node {node.name}: containerd socket {node.containerd_socket}")
+    healthy = cluster.running()
+    print("healthy" if healthy else "degraded: `trellis dev-cluster down` then `up` again")
+    return 0 if healthy else 1
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -88,8 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     dc = sub.add_parser("dev-cluster", help="a local etcd + kube-apiserver (envtest-style)")
-    dc.add_argument("action", choices=["up", "down", "status", "env"])
+    dc.add_argument("action", choices=["up", "down", "status", "env", "images"])
     dc.add_argument("--dir", help="state directory (default ~/.cache/trellis/dev-cluster)")
+    dc.add_argument("--node", action="store_true",
+                    help="with `up`: also a real node (containerd, kubelet, kube-proxy, "
+                         "controller-manager, scheduler) so pods run")
+    dc.add_argument("--image", action="append", choices=["pause", "controller", "trainer",
+                                                          "model-server"],
+                    help="with `images`: only this image (repeatable); default: all")
+    dc.add_argument("--environments", choices=["baked", "mounted"], default="baked",
+                    help="with `images`: Python environments inside the images (what the "
+                         "operator's pods need) or mounted from the host (the tests' mode)")
+    dc.add_argument("--rebuild", action="store_true",
+                    help="with `images`: rebuild even when the inputs are unchanged")
     dc.set_defaults(fn=_dev_cluster)
 
     op = sub.add_parser("operator", help="run the kopf operator")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.children import Children
 from controller.kube import Kube
 from controller.loop import Reconciler, Wakeups
 from controller.metrics import OperatorMetrics
@@ -19,6 +20,12 @@ class Context:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     reconcilers: dict[str, Reconciler] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    # The children the operator owns, as its watches see them (no watches: read by GET).
+    children: Children = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.children is None:
+            self.children = Children(self.kube)
 
     async def close(self) -> None:
         for rec in self.reconcilers.values():

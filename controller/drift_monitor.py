@@ -18,16 +18,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from controller import api, conditions
+from controller import conditions
 from controller.context import Context
 from controller.drift import Reference
 from controller.drift_episodes import DriftPolicy, LastRetrain, next_drift_state
+from controller.failures import ModelUnreadable
 from controller.kube import EXPERIMENTS
 from controller.logs import object_ref
 from controller.loop import Event
 from controller.serving.requestlog_read import RequestLogReader, deployment_log_dir
 
 log = logging.getLogger("trellis.drift")
+
+
+def _read_reference(uri: str) -> Reference:
+    path = _local_path(uri)
+    if path.is_dir():
+        path = path / "reference.json"
+    return Reference.from_json(path.read_text())
 
 
 def _local_path(uri: str) -> Path:
@@ -71,7 +79,8 @@ class DriftMonitor:
         exp_cooldown = float(((exp.get("spec") or {}).get("retrain") or {})
                              .get("cooldownSeconds", 0))
         policy = dataclasses.replace(policy, cooldown_s=max(policy.cooldown_s, exp_cooldown))
-        reference = await self._reference((meta["namespace"], meta["name"]), ref_uri)
+        reference = await self._reference((meta["namespace"], meta["name"]), ref_uri,
+                                          int(stable["version"]))
         reader = RequestLogReader(self.log_dir(obj))
         previous = status.get("drift") or {}
         # Labels that arrived after the detection describe the new world; the window that
@@ -116,8 +125,6 @@ class DriftMonitor:
                                                  meta["generation"])
         status["conditions"] = conds
         events = [Event(e.reason, e.message, e.type) for e in decision.events]
-        if any(e.reason == api.Reason.DRIFT_DETECTED for e in decision.events):
-            self.ctx.metrics.drift.inc()
         if events:
             log.info("drift %s: %s", deployment, decision.status.get("summary"),
                      extra=object_ref(obj))
@@ -129,14 +136,17 @@ class DriftMonitor:
         labelled, since, accuracy = reader.label_summary(version, onset)
         return features, labelled, accuracy, onset, since
 
-    async def _reference(self, key: tuple[str, str], uri: str) -> Reference:
+    async def _reference(self, key: tuple[str, str], uri: str, version: int) -> Reference:
+        """The stable model's training reference; ``ModelUnreadable`` when it cannot be
+        read or parsed (the same URI will not read better on the next try)."""
         cached = self._references.get(key)
         if cached is None or cached[0] != uri:
-            path = _local_path(uri)
-            if path.is_dir():
-                path = path / "reference.json"
-            text = await asyncio.to_thread(path.read_text)
-            cached = self._references[key] = (uri, Reference.from_json(text))
+            try:
+                cached = (uri, await asyncio.to_thread(_read_reference, uri))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelUnreadable(f"the drift reference of model v{version} ({uri}) "
+                                      f"cannot be read: {exc}") from exc
+            self._references[key] = cached
         return cached[1]
 
     async def _request_retrain(self, obj: dict[str, Any], exp: dict[str, Any], request,

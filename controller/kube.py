@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ EXPERIMENTS = Resource(api.GROUP, api.VERSION, "Experiment", "experiments")
 MODEL_DEPLOYMENTS = Resource(api.GROUP, api.VERSION, "ModelDeployment", "modeldeployments")
 SPEC_REPOSITORIES = Resource(api.GROUP, api.VERSION, "SpecRepository", "specrepositories")
 JOBS = Resource("batch", "v1", "Job", "jobs")
+PODS = Resource("", "v1", "Pod", "pods")
 SECRETS = Resource("", "v1", "Secret", "secrets")
 CONFIGMAPS = Resource("", "v1", "ConfigMap", "configmaps")
 NAMESPACES = Resource("", "v1", "Namespace", "namespaces", namespaced=False)
@@ -75,8 +77,8 @@ USER_AGENT = "trellis-operator"
 _OBJECT_RESPONSES = {200: "object", 201: "object", 202: "object"}
 
 _TABLE = {(r.api_version, r.kind): r for r in (
-    EXPERIMENTS, MODEL_DEPLOYMENTS, SPEC_REPOSITORIES, JOBS, SECRETS, CONFIGMAPS, NAMESPACES,
-    EVENTS, SELDON_DEPLOYMENTS,
+    EXPERIMENTS, MODEL_DEPLOYMENTS, SPEC_REPOSITORIES, JOBS, PODS, SECRETS, CONFIGMAPS,
+    NAMESPACES, EVENTS, SELDON_DEPLOYMENTS,
 )}
 
 
@@ -91,14 +93,35 @@ def for_kind(kind: api.Kind) -> Resource:
     return resource_for(api.API_VERSION, kind.kind)
 
 
-class Kube:
-    """Async facade; one instance per process (it holds the connection pool)."""
+def verb_and_resource(method: str, path: str) -> tuple[str, str]:
+    """A request as Kubernetes' authorizer names it: (verb, resource[/subresource])."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]  # after /api/v1, /apis/g/v
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        rest = rest[2:]  # a namespaced path (two parts alone: a Namespace itself)
+    resource = rest[0] if rest else ""
+    if len(rest) >= 3:
+        resource += "/" + rest[2]
+    named = len(rest) >= 2
+    verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update",
+            "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+    return verb, resource
 
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+
+class Kube:
+    """Async facade; one instance per process (it holds the connection pool).
+
+    ``on_request(verb, resource)`` is told of every request made (the operator counts
+    them on its /metrics: what an idle operator asks the API server is visible)."""
+
+    def __init__(self, api_client: k8s.ApiClient,
+                 on_request: Callable[[str, str], None] | None = None) -> None:
         self.api_client = api_client
+        self.on_request = on_request
 
     @classmethod
-    def from_env(cls, kubeconfig: str | None = None) -> Kube:
+    def from_env(cls, kubeconfig: str | None = None,
+                 on_request: Callable[[str, str], None] | None = None) -> Kube:
         cfg = k8s.Configuration()
         try:
             # The client fixes its default path at import; read KUBECONFIG now instead.
@@ -108,7 +131,7 @@ class Kube:
             k8s_config.load_incluster_config(client_configuration=cfg)
         client = k8s.ApiClient(cfg)
         client.user_agent = USER_AGENT  # the field manager name of our status writes
-        return cls(client)
+        return cls(client, on_request)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.api_client.close)
@@ -127,7 +150,15 @@ class Kube:
 
     async def request(self, method: str, path: str, body: Any = None, query: list | None = None,
                       content_type: str | None = None) -> Any:
-        return await asyncio.to_thread(self._call, method, path, body, query, content_type)
+        if self.on_request is not None:
+            self.on_request(*verb_and_resource(method, path))
+        try:
+            return await asyncio.to_thread(self._call, method, path, body, query, content_type)
+        except ApiException as exc:
+            # The client's exception names no request; a user reading "404 Not Found" on
+            # status needs to know which (a SeldonDeployment CRD not installed, say).
+            exc.request = f"{method} {path}"
+            raise
 
     # -------------------------------------------------------------- objects
     async def get(self, res: Resource, namespace: str | None, name: str) -> dict | None:

@@ -6,7 +6,21 @@ interpreter do not collide and the endpoint shows only Trellis' own series.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+@dataclass(frozen=True)
+class Count:
+    """One increment of a counter that describes a status change (a run finished, a canary
+    step decided). Reconcilers return these instead of counting, and the loop applies
+    them once that status is on the server: a failed write is retried, and the retry
+    decides the same change again, which must not count twice."""
+
+    metric: str  # the counter's attribute on OperatorMetrics
+    labels: tuple[str, ...] = ()
 
 
 class OperatorMetrics:
@@ -36,6 +50,25 @@ class OperatorMetrics:
         self.syncs = Counter(
             "trellis_spec_syncs_total", "SpecRepository sync results (synced, fetch_failed, "
             "invalid, apply_failed)", ["result"], registry=self.registry)
+        self.errors = Counter(
+            "trellis_reconcile_errors_total", "Failed reconcile passes per kind and reason "
+            "(the reason on the object's Ready condition)", ["kind", "reason"],
+            registry=self.registry)
+        self.api_requests = Counter(
+            "trellis_api_requests_total", "Requests the operator's reconcilers sent to the "
+            "API server, by verb and resource (kopf's own — watches, finalizers — aside)",
+            ["verb", "resource"], registry=self.registry)
+
+    def count(self, counts: Iterable[Count]) -> None:
+        for c in counts:
+            counter = getattr(self, c.metric)
+            (counter.labels(*c.labels) if c.labels else counter).inc()
+
+    def record_request(self, verb: str, resource: str) -> None:
+        self.api_requests.labels(verb, resource).inc()
+
+    def record_error(self, kind: str, reason: str) -> None:
+        self.errors.labels(kind, reason).inc()
 
     def record_reconcile(self, kind: str, seconds: float, ok: bool) -> None:
         self.reconciles.labels(kind, "success" if ok else "error").inc()

@@ -10,14 +10,16 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from controller import api
+from controller import api, children, failures
 from controller.context import Context
-from controller.kube import Kube
+from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, Kube
 from controller.loop import run_loop, snapshot
+from controller.metrics import OperatorMetrics
 from controller.settings import Settings
 
 log = logging.getLogger("trellis.operator")
@@ -47,15 +49,29 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.peering.mandatory = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # The children's watches ask the API server for ours only (kopf's handler filters
+    # are client-side: without this, every Pod of the cluster would stream through here).
+    for res in (JOBS, PODS, SELDON_DEPLOYMENTS):
+        settings.watching.label_selectors[res.group, res.version, res.plural] = \
+            children.OWNED_SELECTOR
 
 
-async def build_context(settings: Settings | None = None) -> Context:
+async def build_context(settings: Settings | None = None,
+                        indices: Mapping[str, Any] | None = None,
+                        namespaces: list[str] | None = None) -> Context:
+    """The shared context; ``indices`` are kopf's indices of the children we own,
+    watched in ``namespaces`` (None: cluster-wide)."""
     from controller.reconcilers.deployments import ModelDeploymentReconciler
     from controller.reconcilers.experiments import ExperimentReconciler
     from controller.reconcilers.specrepos import SpecRepositoryReconciler
 
     settings = settings or Settings.from_env()
-    ctx = Context(settings=settings, kube=Kube.from_env())
+    metrics = OperatorMetrics()
+    kube = Kube.from_env(on_request=metrics.record_request)
+    if indices is not None:
+        await children.require_watch_access(kube, namespaces)
+    ctx = Context(settings=settings, kube=kube, metrics=metrics,
+                  children=children.Children(kube, indices))
     ctx.reconcilers = {
         api.EXPERIMENT.kind: ExperimentReconciler(ctx),
         api.MODEL_DEPLOYMENT.kind: ModelDeploymentReconciler(ctx),
@@ -66,8 +82,24 @@ async def build_context(settings: Settings | None = None) -> Context:
         if starter is not None:
             await starter()
     await _start_http(ctx)
+    await asyncio.to_thread(_record_state_dir, ctx)
     log.info("trellis operator context ready (state dir %s)", settings.state_dir)
     return ctx
+
+
+def _record_state_dir(ctx: Context) -> None:
+    """Note which state dir this operator works in against which cluster: local-mode
+    processes outlive the operator on purpose, and ``trellis dev-cluster down`` stops
+    them by this record. Not fatal when it cannot be written (a read-only home in a pod,
+    where local mode is not used)."""
+    from controller import localwork
+
+    cfg = ctx.kube.api_client.configuration
+    try:
+        localwork.record(ctx.settings.registry_dir, ctx.settings.state_dir,
+                         localwork.cluster_id(cfg.ssl_ca_cert, cfg.host))
+    except OSError as exc:
+        log.info("state dir not recorded in %s: %s", ctx.settings.registry_dir, exc)
 
 
 async def _start_http(ctx: Context) -> None:
@@ -102,12 +134,14 @@ async def run_daemon(ctx: Context, kind: str, body: kopf.Body, stopped: Any) -> 
     wakeup = ctx.wakeups.get(kind, meta["namespace"], meta["name"])
     try:
         await run_loop(ctx.reconcilers[kind], ctx.kube, body, stopped, wakeup,
-                       resync=ctx.settings.resync_seconds, record=ctx.metrics.record_reconcile)
+                       resync=ctx.settings.resync_seconds, metrics=ctx.metrics)
     finally:
         ctx.wakeups.forget(kind, meta["namespace"], meta["name"])
 
 
 def on_event(ctx: Context, kind: str, body: kopf.Body) -> None:
+    """Wake the object's loop and those of objects that depend on it. Called on the event
+    loop's thread (the handler is ``async``): ``asyncio.Event.set`` is not thread-safe."""
     meta = body["metadata"]
     ctx.wakeups.wake(kind, meta["namespace"], meta["name"])
     rec = ctx.reconcilers.get(kind)
@@ -115,13 +149,34 @@ def on_event(ctx: Context, kind: str, body: kopf.Body) -> None:
     if related is not None:
         for other_kind, ns, name in related(snapshot(body)):
             if name is None:  # every object of that kind in the namespace
-                ctx.wakeups.wake_where(other_kind, lambda n, _, ns=ns: n == ns)
+                ctx.wakeups.wake_namespace(other_kind, ns)
             else:
                 ctx.wakeups.wake(other_kind, ns, name)
 
 
-async def on_delete(ctx: Context, kind: str, body: kopf.Body) -> None:
-    await ctx.reconcilers[kind].cleanup(snapshot(body))
+def on_child_event(ctx: Context, plural: str, body: kopf.Body, event_type: str | None) -> None:
+    """A child changed (its index entry is updated already): forget our note of it if
+    the watch caught up, and wake its owner's loop."""
+    ctx.children.delivered(plural, body, deleted=event_type == "DELETED")
+    owner = children.owner_of(body)
+    if owner is not None:
+        ctx.wakeups.wake(*owner)
+
+
+async def on_delete(ctx: Context, kind: str, body: kopf.Body, retry: int = 0) -> None:
+    """Release what the object owned outside the API server, or keep the finalizer.
+
+    A failure is never given up on: what the object owned would be orphaned with nobody
+    left to remove it. kopf retries after the failure's own pacing (quickly for an outage,
+    about once per resync for a forbidden or rejected call, which waits for a RBAC or
+    policy fix) and posts each failure as an Event, so ``kubectl describe`` says why the
+    object is still terminating; removing the finalizer by hand is the way out."""
+    try:
+        await ctx.reconcilers[kind].cleanup(snapshot(body))
+    except Exception as exc:
+        failure = failures.classify(exc)
+        delay = failures.retry_delay(failure, retry + 1, resync=ctx.settings.resync_seconds)
+        raise kopf.TemporaryError(f"{failure.reason}: {failure.message}", delay=delay) from exc
 
 
 def peering_priority() -> int:
@@ -151,6 +206,7 @@ def run(*, namespaces: list[str] | None = None, peering: str | None = None,
         "settings": settings,
         "standalone": peering is None,
         "liveness_endpoint": liveness,
+        "memo": kopf.Memo(namespaces=namespaces or None),
     }
     if peering is not None:
         kwargs["peering_name"] = peering

@@ -21,14 +21,24 @@ def _default_state_dir() -> Path:
     return Path(base) / "trellis"
 
 
+def _default_registry_dir() -> Path:
+    return _default_state_dir().with_name("trellis-operators")
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where local-mode work lives: Metaflow datastore, model store, serving state, logs.
     state_dir: Path = field(default_factory=_default_state_dir)
+    # Where each operator notes its state dir and cluster when it starts, so that
+    # `trellis dev-cluster down` can stop the local-mode processes it leaves running.
+    registry_dir: Path = field(default_factory=_default_registry_dir)
     # Python of the model-server environment (seldon-core 1.17.1).
     serving_python: Path = ROOT / ".venv-serving" / "bin" / "python"
     # Python that runs training flows locally (the operator's own by default).
     training_python: str = ""
+    # Whether `backend: local` may train inside the operator's own process. An operator
+    # running as a pod (2 CPUs, no GPU, no torch in its image) sets this false.
+    allow_local_training: bool = True
     # Where flow files are found when an Experiment did not come from a SpecRepository.
     flows_root: Path = ROOT
     # Seconds between level-triggered resyncs of an object when nothing wakes it.
@@ -92,6 +102,8 @@ class Settings:
                 values[f.name] = float(raw)
             elif f.type == "int":
                 values[f.name] = int(raw)
+            elif f.type == "bool":
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = raw
         return cls(**values)

@@ -56,7 +56,7 @@ def semantic_problems(doc: Document) -> list[schema.Problem]:
         params = (doc.obj.get("spec") or {}).get("parameters") or {}
         for name, value in params.items():
             path = ("spec", "parameters", name)
-            if not PARAMETER_NAME.match(str(name)):
+            if not PARAMETER_NAME.fullmatch(str(name)):  # "lr\n" is no identifier
                 problems.append(schema.Problem(
                     path, "Invalid value: parameter names must be lower-case identifiers "
                     "(Metaflow Parameter names)"))
@@ -96,16 +96,20 @@ def object_problems(doc: Document) -> list[schema.Problem]:
     and a commit that changes one file of 500 re-evaluates one document, not 500.
     """
     obj = doc.obj
-    key = (str(obj.get("kind")) if isinstance(obj, dict) else "",
-           json.dumps(obj, sort_keys=True, default=str))
-    found = _PROBLEMS.get(key)
+    try:
+        key: tuple[str, str] | None = (str(obj.get("kind")) if isinstance(obj, dict) else "",
+                                       json.dumps(obj, sort_keys=True, default=str))
+    except (TypeError, ValueError):  # keys of mixed types (YAML allows 1: and a:) do not sort
+        key = None
+    found = _PROBLEMS.get(key) if key else None
     if found is None:
         found = schema.validate_object(obj)
         if not found:
             found = semantic_problems(doc)
         if len(_PROBLEMS) >= _PROBLEMS_MAX:
             _PROBLEMS.clear()
-        _PROBLEMS[key] = found
+        if key:
+            _PROBLEMS[key] = found
     return list(found)
 
 

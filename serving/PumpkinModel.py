@@ -55,6 +55,7 @@ IMAGE_SHAPE = (64, 64, 3)
 MAX_BATCH = 256
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 PREDICTION_PATHS = frozenset({"/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"})
+FEEDBACK_PATHS = frozenset({"/send-feedback", "/api/v1.0/feedback", "/api/v0.1/feedback"})
 _DRAIN_LIMIT = 64 * 1024 * 1024  # read an oversize body this far so the 413 reaches the client
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -128,7 +129,8 @@ def images_from_request(message: object) -> tuple[np.ndarray, str]:
         if not isinstance(tensor, dict):
             raise bad_input('data.tensor must be an object with "shape" and "values"')
         shape, raw = tensor.get("shape"), tensor.get("values")
-        if not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
+        if not (isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
             raise bad_input("data.tensor.shape must be a list of integers")
         if not isinstance(raw, list):
             raise bad_input("data.tensor.values must be a flat list of numbers")
@@ -166,11 +168,75 @@ def images_from_request(message: object) -> tuple[np.ndarray, str]:
     return array, kind
 
 
+def _check_json(text: str | bytes, where: str) -> Any:
+    """``text`` decoded, or a 400 (Seldon's own decode would be a 500)."""
+    try:
+        return json.loads(text)
+    except RecursionError:  # [[[[...]]]] deeper than the decoder's recursion limit
+        raise bad_input(f"malformed JSON {where}: nested too deeply") from None
+    except ValueError as exc:
+        raise bad_input(f"malformed JSON {where}: {exc}") from None
+
+
+def _check_message(message: Any, feedback: bool) -> None:
+    """Seldon turns a feedback message into a protobuf, which needs an object (a bare
+    number is a TypeError, i.e. a 500); predictions are checked by ``predict_raw``."""
+    if feedback and message is not None and not isinstance(message, dict):
+        raise bad_input(f"feedback must be a JSON object, got {type(message).__name__}")
+
+
+def _check_inputs(feedback: bool) -> None:
+    """Decode what Seldon's ``get_request`` will decode, in its order, so that whatever
+    it would fail on (with a 500) is a 400 here: multipart fields, a ``json=`` form field
+    or query argument, else the body."""
+    if request.content_type is not None and "multipart/form-data" in request.content_type:
+        for key in request.form:
+            if key != "strData":
+                _check_json(request.form[key], f"in form field {key!r}")
+        for key, upload in request.files.items():
+            if key != "binData":
+                try:
+                    upload.read().decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise bad_input(f"form file {key!r} is not UTF-8 text: {exc}") from None
+                finally:
+                    upload.seek(0)  # Seldon reads it again
+        return
+    text = request.form.get("json") or request.args.get("json")
+    if text:
+        _check_message(_check_json(text, 'in the "json" field'), feedback)
+        return
+    if request.method != "POST":
+        return  # Seldon answers a GET without json= with its own 400
+    if request.is_json:
+        try:
+            _check_message(request.get_json(), feedback)  # cached for Seldon's own parse
+        except BadRequest:
+            _check_json(request.get_data(cache=True), "body")
+            raise bad_input("malformed JSON body") from None
+        except RecursionError:
+            raise bad_input("malformed JSON body: nested too deeply") from None
+    elif request.mimetype == _FORM_TYPES[0]:
+        raise bad_input(
+            "form-encoded request without a json= field; send the JSON body with "
+            "Content-Type: application/json",
+            status_code=415,
+        )
+    elif request.mimetype not in _FORM_TYPES:
+        raise bad_input(
+            f"unsupported Content-Type {request.mimetype or 'none'!r}; send application/json",
+            status_code=415,
+        )
+
+
 def _error_blueprint(max_body_bytes: int) -> Blueprint:
     """Request guards Seldon 1.17.1 lacks, registered through its ``model_error_handler``.
 
     Seldon's catch-all handler answers every exception with 500, including Werkzeug's
-    404/405/413; it parses bodies of any size; and a JSON syntax error loses its detail.
+    404/405/413; it parses bodies of any size; a JSON syntax error loses its detail, and
+    one in a ``json=`` field or query argument, or JSON nested past the decoder's
+    recursion limit, is a 500. Every prediction and feedback request is decoded here
+    first, so malformed input is a 4xx before Seldon or the model sees it.
     """
     bp = Blueprint("trellis_guards", __name__)
 
@@ -180,39 +246,21 @@ def _error_blueprint(max_body_bytes: int) -> Blueprint:
 
     @bp.before_app_request
     def _guard() -> None:
-        if request.method != "POST":
-            return
         length = request.content_length
-        if length is not None and length > max_body_bytes:
+        if request.method == "POST" and length is not None and length > max_body_bytes:
             _drain(request.environ.get("wsgi.input"), length)
             raise bad_input(
                 f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes; "
                 "send fewer images per request",
                 status_code=413,
             )
-        if request.path not in PREDICTION_PATHS:
+        if request.path not in PREDICTION_PATHS | FEEDBACK_PATHS:
             return
-        if request.is_json:
-            try:
-                request.get_json()  # cached by Flask for Seldon's own parse
-            except BadRequest:
-                try:
-                    json.loads(request.get_data(cache=True))
-                except ValueError as exc:
-                    raise bad_input(f"malformed JSON body: {exc}") from None
-                raise bad_input("malformed JSON body") from None
-        elif request.mimetype == _FORM_TYPES[0] and "json" not in request.form:
-            raise bad_input(
-                "form-encoded request without a json= field; send the JSON body with "
-                "Content-Type: application/json",
-                status_code=415,
-            )
-        elif request.mimetype not in _FORM_TYPES and "json" not in request.args:
-            raise bad_input(
-                f"unsupported Content-Type {request.mimetype or 'none'!r}; "
-                "send application/json",
-                status_code=415,
-            )
+        try:
+            _check_inputs(feedback=request.path in FEEDBACK_PATHS)
+        except (BadRequest, ValueError, OSError) as exc:  # a body the form parser cannot
+            # read; gunicorn's IOErrors: a chunked body cut off or mis-sized
+            raise bad_input(f"unreadable request body: {exc!r}") from None
 
     @bp.app_errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
@@ -222,6 +270,47 @@ def _error_blueprint(max_body_bytes: int) -> Blueprint:
         return body, code
 
     return bp
+
+
+def _patch_gunicorn_chunked_reader() -> None:
+    """Make gunicorn's chunked-body parser stop at the end of the stream.
+
+    gunicorn 20.1.0 (the newest seldon-core 1.17.1 allows: ``gunicorn<20.2``) waits for a
+    chunk's closing CRLF with ``while len(rest) < 2: rest += unreader.read()``; a body cut
+    off right after a chunk's data makes ``read()`` return ``b""`` forever, so one
+    malformed request pins a worker at full CPU for good. This is gunicorn 21's loop
+    (which breaks on end of stream, so the missing terminator is an error: a 400 here).
+    """
+    try:
+        from gunicorn.http import body
+        from gunicorn.http.errors import ChunkMissingTerminator, NoMoreData
+    except ImportError:  # not served by gunicorn (tests import this module directly)
+        return
+
+    def parse_chunked(self: Any, unreader: Any) -> Any:
+        (size, rest) = self.parse_chunk_size(unreader)
+        while size > 0:
+            while size > len(rest):
+                size -= len(rest)
+                yield rest
+                rest = unreader.read()
+                if not rest:
+                    raise NoMoreData()
+            yield rest[:size]
+            rest = rest[size:]  # then the chunk's CRLF
+            while len(rest) < 2:
+                more = unreader.read()
+                if not more:
+                    break
+                rest += more
+            if rest[:2] != b"\r\n":
+                raise ChunkMissingTerminator(rest[:2])
+            (size, rest) = self.parse_chunk_size(unreader, data=rest[2:])
+
+    body.ChunkedReader.parse_chunked = parse_chunked
+
+
+_patch_gunicorn_chunked_reader()
 
 
 def _drain(stream: Any, length: int) -> None:
@@ -321,10 +410,28 @@ class PumpkinModel:
             "tags": self._request_tags(feats, preds),
             "metrics": self._request_metrics(images, preds, elapsed_ms),
         }
-        puid = (message.get("meta") or {}).get("puid")
+        sent = message.get("meta")
+        puid = sent.get("puid") if isinstance(sent, dict) else None
         if isinstance(puid, str):
             meta["puid"] = puid
         return {"data": data, "meta": meta}
+
+    def send_feedback_raw(self, feedback: Any) -> Any:
+        """Acknowledge feedback (cluster mode: Seldon's executor logs it and forwards it
+        here). Seldon's default would turn the request and truth into arrays and answer a
+        ragged one with 500; the model learns nothing from feedback, so only what cannot
+        be read is refused (400)."""
+        from seldon_core.proto import prediction_pb2
+        from seldon_core.utils import grpc_datadef_to_array
+
+        for part in ("request", "response", "truth"):
+            message = getattr(feedback, part)
+            if message.HasField("data"):
+                try:
+                    grpc_datadef_to_array(message.data)
+                except (ValueError, TypeError) as exc:
+                    raise bad_input(f"feedback {part}.data is not an array: {exc}") from None
+        return prediction_pb2.SeldonMessage()
 
     def _request_tags(self, feats: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
         """Per-row drift features for the router's request log (no torch needed there)."""

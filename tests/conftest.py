@@ -4,6 +4,10 @@ The dev cluster is the same code as ``trellis dev-cluster up`` (envtest-style
 etcd + kube-apiserver); ``KUBEBUILDER_ASSETS`` is honoured. Each test works in its own
 namespace and runs the operator for that namespace only, so tests never see each
 other's objects.
+
+Nothing outlives the session: the local-mode processes an operator starts (detached on
+purpose) are stopped with the test's state dir, and a check at the end of the session
+fails the run naming anything of it still running (``tests/support/leftovers.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,51 @@ from pathlib import Path
 
 import pytest
 
+from controller import localwork
 from controller.devcluster.cluster import DevCluster
+from tests.support import leftovers
 from tests.support.kube import Cluster
 
 os.environ.setdefault("METAFLOW_USER", "trellis-tests")
+_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory: pytest.TempPathFactory,
+                 pytestconfig: pytest.Config) -> Iterator[None]:
+    """What the session's processes write outside their tests' dirs goes under its temp
+    root, noted for the leftover check: operators record their state dirs in a registry
+    of its own (not the user's, which `trellis dev-cluster down` reads), and torch keeps
+    its compile cache there rather than in TMPDIR."""
+    base = tmp_path_factory.getbasetemp()
+    pytestconfig.stash[_BASETEMP] = base
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRELLIS_REGISTRY_DIR", str(tmp_path_factory.mktemp("operator-registry")))
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(base / "torchinductor"))
+        yield
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down, even on ^C
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if anything that references the session's temp root still runs (or
+    is mounted there), naming it; then stop it, so one failed run does not slow the next."""
+    base = session.config.stash.get(_BASETEMP, None)
+    if base is None:
+        return
+    found = leftovers.check([base])
+    if not found:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["left by this test session (stopped now; the run fails):", *found.lines()]
+    if reporter is not None:
+        reporter.write("\n")
+        reporter.write_sep("=", "leftovers", red=True)
+        for line in lines:
+            reporter.write_line(line, red=True)
+    else:
+        print(*lines, sep="\n")
+    localwork.terminate(found.processes)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +106,16 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """The operator's state dir. Afterwards, what the operator started from it is
+    stopped: local serving and training processes are detached on purpose (they outlive
+    an operator restart), so stopping the operator stops none of them. The operator
+    fixtures depend on this one, so this runs after they stopped the operator (nothing
+    restarts what is stopped), and also when the test failed midway."""
     path = tmp_path / "state"
     path.mkdir()
-    return path
+    yield path
+    localwork.stop(path)
 
 
 @pytest.fixture

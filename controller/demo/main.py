@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from controller.demo import farm
-from controller.demo.cleanup import reap
 from controller.demo.recorder import Recorder
 from controller.demo.traffic import Townsfolk
 from controller.devcluster.cluster import DevCluster
+from controller.localwork import reap
 from controller.paths import CRDS_DIR, ROOT
 from controller.processes import free_port
 
@@ -315,7 +315,7 @@ class Demo:
     def prepare(self) -> None:
         """Leave nothing of a previous run: processes, cluster, state."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        killed = reap(self.state)
+        killed = len(reap(self.state))
         if killed:
             self.say(f"stopped {killed} process(es) left by a previous run")
         DevCluster(self.workdir / "cluster").down()

@@ -25,6 +25,8 @@ ETCD_VERSION = "3.6.16"
 GO_DIRECTIVE = "1.24"
 
 NAMES = ("etcd", "kube-apiserver", "kubectl")
+# What a node adds: built from the same module set, so every component reports one version.
+NODE_NAMES = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 
 
 class BinaryError(RuntimeError):
@@ -66,11 +68,24 @@ def ensure_all(log=sys.stderr) -> dict[str, Path]:
         with _build_lock():
             missing = [n for n in NAMES if locate(n) is None]
             if {"kube-apiserver", "kubectl"} & set(missing):
-                _build_kubernetes(log)
+                _build_kubernetes(log, "src-kubernetes", ("kube-apiserver", "kubectl"))
             if "etcd" in missing:
                 _build_etcd(log)
+    return _located(NAMES)
+
+
+def ensure_node(log=sys.stderr) -> dict[str, Path]:
+    """The node's binaries (kubelet, controller-manager, scheduler, kube-proxy), built once."""
+    if any(locate(n) is None for n in NODE_NAMES):
+        with _build_lock():
+            if any(locate(n) is None for n in NODE_NAMES):
+                _build_kubernetes(log, "src-node", NODE_NAMES)
+    return _located(NODE_NAMES)
+
+
+def _located(names: tuple[str, ...]) -> dict[str, Path]:
     result = {}
-    for name in NAMES:
+    for name in names:
         path = locate(name)
         if path is None:
             raise BinaryError(f"{name} is still missing after the build; see the log above")
@@ -117,8 +132,16 @@ def staging_replaces(kubernetes_gomod: str, version: str) -> list[str]:
     return [f"replace {m} => {m} {staging_version}" for m in sorted(set(modules))]
 
 
-def _build_kubernetes(log) -> None:
-    work = cache_dir() / "src-kubernetes"
+def version_ldflags(version: str = KUBERNETES_VERSION) -> str:
+    """Without these a module build reports ``v0.0.0-master+$Format:%H$`` (Node, /version)."""
+    major, minor, _ = version.split(".")
+    pkg = "k8s.io/component-base/version"
+    return (f"-X {pkg}.gitVersion=v{version} -X {pkg}.gitMajor={major} "
+            f"-X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean")
+
+
+def _build_kubernetes(log, workdir: str, commands: tuple[str, ...]) -> None:
+    work = cache_dir() / workdir
     work.mkdir(parents=True, exist_ok=True)
     meta = json.loads(
         _run([_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{KUBERNETES_VERSION}"],
@@ -136,16 +159,16 @@ def _build_kubernetes(log) -> None:
         "",
     ]
     (work / "go.mod").write_text("\n".join(lines))
+    packages = [f"k8s.io/kubernetes/cmd/{c}" for c in commands]
+    imports = "".join(f'\t_ "{p}"\n' for p in packages)
     (work / "tools.go").write_text(
-        "//go:build tools\n\npackage tools\n\nimport (\n"
-        '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n'
-        '\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n'
+        f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"
     )
     _run([_go(), "mod", "tidy"], work, log)
     out = cache_dir() / "bin"
     out.mkdir(parents=True, exist_ok=True)
-    _run([_go(), "build", "-trimpath", "-o", str(out) + "/",
-          "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"], work, log)
+    _run([_go(), "build", "-trimpath", "-ldflags", version_ldflags(), "-o", str(out) + "/",
+          *packages], work, log)
 
 
 def _build_etcd(log) -> None:

@@ -13,10 +13,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controller.devcluster import hostnet
+
 
 @dataclass(frozen=True)
 class Pki:
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -76,6 +79,7 @@ def generate(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
         serving_cert=directory / "apiserver.crt",
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
@@ -90,13 +94,19 @@ def generate(directory: Path) -> Pki:
     ca_name = _name("trellis-dev-ca")
     ca = _cert(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(ca_key, pki.ca_key)  # the controller-manager signs kubelet certificates
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
     sans = [
         x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default"),
         x509.DNSName("kubernetes.default.svc"),
+        x509.DNSName("kubernetes.default.svc.cluster.local"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        # The `kubernetes` Service and the node address pods reach the API server on.
+        x509.IPAddress(ipaddress.ip_address(hostnet.KUBERNETES_SERVICE_IP)),
+        x509.IPAddress(ipaddress.ip_address(hostnet.GATEWAY)),
     ]
     serving = _cert(_name("kube-apiserver"), ca_name, serving_key.public_key(), ca_key,
                     ca=False, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)

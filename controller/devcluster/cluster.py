@@ -1,7 +1,8 @@
-"""A real local control plane: etcd + kube-apiserver on loopback, envtest-style.
+"""A real local control plane: etcd + kube-apiserver on loopback, envtest-style, and
+optionally a real node (``node.py``) so pods run.
 
 The same class serves ``trellis dev-cluster up|down|status|env`` (processes detached,
-state in a directory) and the pytest fixture (a temporary state directory).
+state in a directory) and the pytest fixtures (a temporary state directory).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from controller.devcluster import binaries, certs
+from controller.devcluster import binaries, certs, hostnet
+from controller.devcluster.node import Node, NodeError
 from controller.paths import CRDS_DIR
 from controller.processes import free_port, pid_alive
 
@@ -36,6 +38,9 @@ class ClusterState:
     kubeconfig: str
     kubectl: str
     started_at: float
+    # With a node the API server listens on the node address, which pods reach too.
+    host: str = "127.0.0.1"
+    node: bool = False
 
 
 def default_state_dir() -> Path:
@@ -58,17 +63,28 @@ class DevCluster:
     def running(self) -> bool:
         st = self.state()
         return bool(st and pid_alive(st.etcd_pid) and pid_alive(st.apiserver_pid)
-                    and self._ready(st))
+                    and self._ready(st)
+                    and (not st.node or all(self.node.running().values())))
+
+    @property
+    def node(self) -> Node:
+        st = self.state()
+        return Node(self.dir, self.kubeconfig, st.kubectl if st else "kubectl")
 
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
 
     # -------------------------------------------------------------- lifecycle
-    def up(self, *, install_crds: bool = True, timeout: float = 90.0) -> ClusterState:
-        """Start the control plane unless it already runs; install the CRDs."""
+    def up(self, *, install_crds: bool = True, node: bool = False,
+           timeout: float = 90.0, log=print) -> ClusterState:
+        """Start the control plane (and a node) unless it already runs; install the CRDs.
+
+        Returns when everything promised answers: the CRDs are served through discovery
+        (``kubectl get mlops`` works) and, with a node, pods can run and reach the API.
+        """
         st = self.state()
-        if st and self.running():
+        if st and st.node == node and self.running():
             if install_crds:
                 self.install_crds(st)
             return st
@@ -76,6 +92,13 @@ class DevCluster:
         bins = binaries.ensure_all()
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = certs.generate(self.dir / "pki")
+        host = "127.0.0.1"
+        if node:
+            # The bridge must carry the node address before the API server binds to it.
+            kubectl_path = str(bins["kubectl"])
+            node_bins, node_state = Node(self.dir, self.kubeconfig, kubectl_path,
+                                         log).prepare(log)
+            host = hostnet.GATEWAY
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_data = self.dir / "etcd-data"
         etcd_cmd = [
@@ -95,8 +118,8 @@ class DevCluster:
             str(bins["kube-apiserver"]),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             f"--secure-port={api_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={host}",
+            f"--advertise-address={host}",
             f"--cert-dir={self.dir / 'pki'}",
             f"--tls-cert-file={pki.serving_cert}",
             f"--tls-private-key-file={pki.serving_key}",
@@ -107,12 +130,20 @@ class DevCluster:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount",
-            "--endpoint-reconciler-type=none",
             "--v=0",
         ]
+        if node:
+            # Pods get ServiceAccount tokens; the `kubernetes` Service gets an endpoint;
+            # logs and exec reach the kubelet on the node address.
+            api_cmd += [f"--kubelet-client-certificate={pki.admin_cert}",
+                        f"--kubelet-client-key={pki.admin_key}",
+                        "--kubelet-preferred-address-types=InternalIP"]
+        else:
+            # Without a controller-manager no ServiceAccount would ever exist.
+            api_cmd += ["--disable-admission-plugins=ServiceAccount",
+                        "--endpoint-reconciler-type=none"]
         api = self._spawn(api_cmd, "apiserver.log")
-        self._write_kubeconfig(api_port, pki)
+        self._write_kubeconfig(host, api_port, pki)
         st = ClusterState(
             etcd_pid=etcd.pid,
             apiserver_pid=api.pid,
@@ -121,6 +152,8 @@ class DevCluster:
             kubeconfig=str(self.kubeconfig),
             kubectl=str(bins["kubectl"]),
             started_at=time.time(),
+            host=host,
+            node=node,
         )
         self.state_file.write_text(json.dumps(asdict(st), indent=2))
         deadline = time.monotonic() + timeout
@@ -135,22 +168,47 @@ class DevCluster:
                 self.down()
                 raise ClusterError(f"kube-apiserver not ready after {timeout:.0f}s")
             time.sleep(0.25)
+        if node:
+            try:
+                Node(self.dir, self.kubeconfig, str(bins["kubectl"]), log).start(
+                    node_bins, node_state, self.dir / "pki")
+            except NodeError as exc:
+                self.down()
+                raise ClusterError(str(exc)) from exc
         if install_crds:
             self.install_crds(st)
         return st
 
     def down(self) -> bool:
-        """Stop the processes and forget the state; True if something was running."""
+        """Stop the processes and forget the state; True if something was running.
+
+        The local-mode processes of operators that used this cluster go too (model
+        servers, routers, training runs: detached on purpose, they would outlive it).
+        """
         st = self.state()
-        stopped = False
+        stopped = self.node.stop()
         if st:
             for pid in (st.apiserver_pid, st.etcd_pid):
                 stopped |= _terminate(pid)
             self.state_file.unlink(missing_ok=True)
+        stopped |= self._stop_local_work() > 0
         etcd_data = self.dir / "etcd-data"
         if etcd_data.exists():
             subprocess.run(["rm", "-rf", str(etcd_data)], check=False)
         return stopped
+
+    def _stop_local_work(self) -> int:
+        """Stop what operators recorded as working against this cluster (see
+        ``controller.localwork``: an operator records its state dir under the CA it
+        trusts, and this directory's CA outlives restarts of the cluster)."""
+        from controller import localwork
+        from controller.settings import Settings
+
+        ca = self.dir / "pki" / "ca.crt"
+        if not ca.exists():
+            return 0
+        return localwork.stop_for_cluster(Settings.from_env().registry_dir,
+                                          localwork.cluster_id(ca, ""))
 
     def env_lines(self) -> list[str]:
         st = self.state()
@@ -177,6 +235,13 @@ class DevCluster:
         self.kubectl("apply", "--server-side", "--force-conflicts",
                      "--field-manager=trellis", "-f", str(crds_dir))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds_dir))
+        # Established is not yet served: discovery lags a moment behind it, and until it
+        # catches up `kubectl get mlops` says "the server doesn't have a resource type".
+        deadline = time.monotonic() + 60
+        while self.kubectl("get", "mlops", "-A", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise ClusterError("the CRDs are Established but not served by discovery")
+            time.sleep(0.2)
 
     def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.dir / log_name, "ab")  # noqa: SIM115 - handed to the child
@@ -199,19 +264,19 @@ class DevCluster:
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         try:
             with urllib.request.urlopen(
-                f"https://127.0.0.1:{st.apiserver_port}/readyz", context=ctx, timeout=2
+                f"https://{st.host}:{st.apiserver_port}/readyz", context=ctx, timeout=2
             ) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def _write_kubeconfig(self, port: int, pki: certs.Pki) -> None:
+    def _write_kubeconfig(self, host: str, port: int, pki: certs.Pki) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
                 "name": "trellis-dev",
-                "cluster": {"server": f"https://127.0.0.1:{port}",
+                "cluster": {"server": f"https://{host}:{port}",
                             "certificate-authority": str(pki.ca_cert)},
             }],
             "users": [{

@@ -4,7 +4,9 @@ Thin by design: read the Experiment's registered models, measure the canary's wi
 when its interval is up, ask ``rollout.plan`` what happens next, make serving match
 (local processes or a SeldonDeployment), and return the status. Drift monitoring is a
 separate sub-step (``controller.drift_monitor``) that owns ``status.drift`` and the
-DriftDetected / AccuracyDegraded conditions.
+DriftDetected / AccuracyDegraded conditions; when it fails (an unreadable reference),
+the rollout's status is still written, with the failure on it (``Outcome.error``).
+Metrics that cannot be read fail the pass before anything is decided: the canary holds.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 from controller import api, conditions
 from controller.canary import Analysis, Policy, analyse, seconds_since, weights
 from controller.context import Context
+from controller.failures import MetricsUnavailable
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Outcome
+from controller.metrics import Count
 from controller.rollout import Plan, canary_due, plan, select_target
 from controller.serving.drivers import LocalDriver, SeldonDriver, ServingDriver, ServingState
 from controller.serving.metrics_source import (
@@ -101,6 +105,7 @@ class ModelDeploymentReconciler:
 
         analysis, observed = None, None
         if canary_due(status.get("canary"), policy, now) and status.get("endpoint"):
+            # Unreadable metrics raise MetricsUnavailable: the step holds, nothing decided.
             analysis, observed = await self._analyse(obj, status, policy, backend)
         p = plan(status, target, policy, gen, analysis, now)
 
@@ -114,7 +119,6 @@ class ModelDeploymentReconciler:
         drift_on = bool((spec.get("drift") or {}).get("enabled"))
         serving = await self.driver(backend).apply(obj, predictors, drift_logging=drift_on,
                                                    auth_token=token)
-        self._record_metrics(p)
         if p.canary is not None and p.decision == "advance" and observed:
             # The next step counts from where this step's analysis stopped reading, not
             # from after the new weights are written: consecutive windows tile, and no
@@ -130,14 +134,23 @@ class ModelDeploymentReconciler:
         status.update(self._rollout_status(p, serving))
         status["conditions"] = self._conditions(status, p, serving, target, gen)
         status["phase"] = _phase(p, serving)
-        events = list(p.events)
+        outcome = Outcome(status, list(p.events),
+                          requeue_after=self._requeue(p, policy, serving, obj, now),
+                          counts=_counts(p))
         if self.drift is not None and drift_on:
-            events += await self.drift.check(obj, status, exp)
+            try:
+                found = await self.drift.check(obj, status, exp)
+            except Exception as exc:  # the rollout's progress stands; the failure goes on it
+                outcome.error = exc
+                return outcome
+            outcome.events += found
+            if any(e.reason == api.Reason.DRIFT_DETECTED for e in found):
+                outcome.counts.append(Count("drift"))
         elif "drift" in status:
             status.pop("drift")
             status["conditions"] = conditions.remove_condition(status["conditions"],
                                                                api.Cond.DRIFT_DETECTED)
-        return Outcome(status, events, requeue_after=self._requeue(p, policy, serving, obj, now))
+        return outcome
 
     # ------------------------------------------------------------------ steps
     async def _analyse(self, obj: dict[str, Any], status: dict[str, Any], policy: Policy,
@@ -147,12 +160,16 @@ class ModelDeploymentReconciler:
         canary, stable = status["canary"], status.get("stable")
         baseline = canary.get("baseline") or {}
         probe = {**obj, "status": status}
-        now_c = await source.counters(probe, "canary", canary["version"])
+        try:
+            now_c = await source.counters(probe, "canary", canary["version"])
+            now_s = await source.counters(probe, "stable", stable["version"]) if stable else None
+        except MetricsUnavailable as exc:
+            raise MetricsUnavailable(f"canary analysis of v{canary['version']} at "
+                                     f"{canary.get('weight')}% is on hold: {exc}") from exc
         canary_w = window(now_c, Counters.from_dict(baseline.get("canary")))
         observed = {"canary": now_c.to_dict()}
         stable_w = None
-        if stable:
-            now_s = await source.counters(probe, "stable", stable["version"])
+        if now_s is not None:
             stable_w = window(now_s, Counters.from_dict(baseline.get("stable")))
             observed["stable"] = now_s.to_dict()
         return analyse(policy, canary_w, stable_w), observed
@@ -162,9 +179,13 @@ class ModelDeploymentReconciler:
         source = self.sources[backend]
         probe = {**obj, "status": {**(obj.get("status") or {}), "endpoint": serving.endpoint}}
         out: dict[str, Any] = {}
-        for name, entry in (("stable", p.stable), ("canary", p.canary)):
-            if entry:
-                out[name] = (await source.counters(probe, name, entry["version"])).to_dict()
+        try:
+            for name, entry in (("stable", p.stable), ("canary", p.canary)):
+                if entry:
+                    out[name] = (await source.counters(probe, name, entry["version"])).to_dict()
+        except MetricsUnavailable as exc:
+            raise MetricsUnavailable(f"canary v{p.canary['version']} cannot start its step at "
+                                     f"{p.canary['weight']}%: {exc}") from exc
         return out
 
     async def _auth_token(self, obj: dict[str, Any]) -> str | None:
@@ -179,10 +200,6 @@ class ModelDeploymentReconciler:
         if key not in data or not data[key].strip():
             raise MissingSecret(f"auth Secret {ref['name']!r} has no key {key!r}")
         return data[key].decode().strip()
-
-    def _record_metrics(self, p: Plan) -> None:
-        if p.decision in ("advance", "promote", "rollback"):
-            self.ctx.metrics.canary.labels(p.decision).inc()
 
     # ----------------------------------------------------------------- status
     def _rollout_status(self, p: Plan, serving: ServingState) -> dict[str, Any]:
@@ -238,7 +255,7 @@ class ModelDeploymentReconciler:
     def _requeue(self, p: Plan, policy: Policy, serving: ServingState,
                  obj: dict[str, Any], now: dt.datetime) -> float | None:
         if not serving.ready:
-            return 2.0
+            return None if serving.watched else 2.0  # a watched one wakes us when it changes
         delays = []
         if p.canary:
             started = p.canary.get("stepStartedAt")
@@ -270,6 +287,12 @@ class ModelDeploymentReconciler:
 
 class MissingSecret(RuntimeError):
     pass
+
+
+def _counts(p: Plan) -> list[Count]:
+    """Canary decisions are counted once the status recording them is written."""
+    return [Count("canary", (p.decision,))] if p.decision in ("advance", "promote",
+                                                               "rollback") else []
 
 
 def _predictors(p: Plan) -> list[Predictor]:

@@ -18,8 +18,9 @@ from typing import Any
 
 from controller import api, conditions
 from controller.context import Context
-from controller.kube import EXPERIMENTS
+from controller.kube import EXPERIMENTS, JOBS
 from controller.loop import Event, Outcome
+from controller.metrics import Count
 from controller.training import decide
 from controller.training.decide import Backoff, Idle, Launch, Observe, RunKey
 from controller.training.kubernetes import KubernetesTrainingBackend, render_job
@@ -27,6 +28,8 @@ from controller.training.local import LocalTrainingBackend, RunRef, RunRequest
 from controller.training.preflight import Preflight, preflight
 
 log = logging.getLogger("trellis.experiments")
+# How often a local run's files are read (a process, no API object to watch). A Job is
+# not polled: its watch wakes the loop when it or its Pods change.
 POLL_SECONDS = 2.0
 
 
@@ -37,7 +40,7 @@ class ExperimentReconciler:
         self.ctx = ctx
         self.local = LocalTrainingBackend(
             ctx.settings.datastore_root, python=ctx.settings.training_python or sys.executable)
-        self.cluster = KubernetesTrainingBackend(ctx.kube, ctx.settings)
+        self.cluster = KubernetesTrainingBackend(ctx.kube, ctx.settings, ctx.children)
 
     def related(self, obj: dict[str, Any]) -> list[tuple[str, str, str | None]]:
         # A new model version matters to every ModelDeployment in the namespace.
@@ -50,33 +53,65 @@ class ExperimentReconciler:
         status["observedGeneration"] = gen
         now = dt.datetime.now(dt.UTC)
         events: list[Event] = []
+        counts: list[Count] = []
         requeue: float | None = None
 
         revision = (meta.get("annotations") or {}).get(api.ANN_FLOW_REVISION, "")
         action = decide.next_action(spec, status, gen, now, revision)
         if isinstance(action, Launch):
-            check = await asyncio.to_thread(preflight, obj, self._source_root(obj),
-                                            self._extra_parameters(obj, action.key))
+            check = self._backend_allowed(spec) or await asyncio.to_thread(
+                preflight, obj, self._source_root(obj), self._extra_parameters(obj, action.key))
             if check.problem:
                 return self._stalled(status, gen, check)
             status["currentRun"] = self._new_run(obj, action, check)
             status.pop("progress", None)
             requeue = 0.1
         elif isinstance(action, Observe):
-            requeue = POLL_SECONDS
+            requeue = self._poll_seconds(spec)
             events += await self._observe(obj, status, action.current)
+            if status.get("currentRun") is None:  # it finished: counted once written
+                counts = _finished_counts(status["runs"][-1])
+                # What follows the end (a retry's backoff, retries exhausted) goes out in
+                # the same write: no reader sees a failed run without the verdict on it.
+                after = decide.next_action(spec, status, gen, now, revision)
+                if isinstance(after, Backoff | Idle):
+                    action = after
+                    if isinstance(after, Backoff):
+                        requeue = after.seconds
         elif isinstance(action, Backoff):
             requeue = action.seconds
         status["conditions"] = conditions.remove_condition(status.get("conditions"),
                                                            api.Cond.STALLED)
         self._summarise(status, spec, gen, action)
-        return Outcome(status, events, requeue_after=requeue)
+        return Outcome(status, events, requeue_after=requeue, counts=counts)
+
+    def _poll_seconds(self, spec: dict[str, Any]) -> float | None:
+        """When to look at a running run again: a local run's files on a timer; a Job
+        when its watch says it changed (None: the resync is the safety net), or on the
+        timer where nothing watches Jobs."""
+        if spec.get("backend", "local") == "kubernetes" and self.ctx.children.watching(JOBS):
+            return None
+        return POLL_SECONDS
+
+    def _backend_allowed(self, spec: dict[str, Any]) -> Preflight | None:
+        """A refusal when this operator may not train in its own process."""
+        if spec.get("backend", "local") == "local" and not self.ctx.settings.allow_local_training:
+            return Preflight(
+                "backend: local would train inside the operator's pod, which this operator "
+                "does not allow (TRELLIS_ALLOW_LOCAL_TRAINING=false); set "
+                "spec.backend: kubernetes", api.Reason.LOCAL_TRAINING_DISABLED)
+        return None
 
     # --------------------------------------------------------------- running
     def _new_run(self, obj: dict[str, Any], action: Launch, check: Preflight) -> dict[str, Any]:
         meta = obj["metadata"]
         key = action.key
-        run_id = f"g{key.generation}-a{action.attempt}" + (f"-{key.trigger}" if key.trigger else "")
+        # The workdir (and the tags) name every part of the run key: a flow-code-only
+        # change keeps the generation and the attempt number, and must not find the
+        # previous revision's run there and adopt it instead of training the new code.
+        run_id = (f"g{key.generation}-a{action.attempt}" + (f"-{key.trigger}" if key.trigger
+                                                            else "")
+                  + (f"-f{key.revision}" if key.revision else ""))
         workdir = (self.ctx.settings.training_dir / meta["namespace"] / meta["name"]
                    / meta["uid"] / run_id)
         current = {
@@ -95,13 +130,15 @@ class ExperimentReconciler:
                 "trellis.attempt": str(current["attempt"])}
         if current.get("trigger"):
             tags["trellis.trigger"] = current["trigger"]
+        if current.get("flowRevision"):
+            tags["trellis.flow-revision"] = current["flowRevision"]
         return tags
 
     async def _observe(self, obj: dict[str, Any], status: dict[str, Any],
                        current: dict[str, Any]) -> list[Event]:
         if obj["spec"].get("backend", "local") == "kubernetes":
             return await self._observe_job(obj, status, current)
-        key = RunKey(int(current["generation"]), current.get("trigger") or "")
+        key = _run_key(current)
         if not current.get("launched"):
             return await self._launch_local(obj, status, current, key)
         seen = await self.local.observe(RunRef.from_dict(current))
@@ -123,9 +160,13 @@ class ExperimentReconciler:
         spec = obj["spec"]
         root = self._source_root(obj)
         existing = await self.local.find(self._tags(obj, current))
-        if existing:  # launched just before a restart: adopt it
-            ref = existing[0]
+        workdir = await asyncio.to_thread(Path(current["workdir"]).resolve)
+        if existing and not any(r.workdir and Path(r.workdir) == workdir for r in existing):
+            ref = existing[0]  # launched from elsewhere just before a restart: adopt it
         else:
+            # Idempotent per workdir: adopts a launch recorded there, and completes one an
+            # operator killed mid-launch began (its launcher running unrecorded, or
+            # never started) instead of calling it lost.
             ref = await self.local.launch(RunRequest(
                 flow_file=root / spec["flow"]["file"], flow_name=spec["flow"]["name"],
                 parameters={**(spec.get("parameters") or {}),
@@ -146,7 +187,7 @@ class ExperimentReconciler:
 
     async def _observe_job(self, obj, status, current) -> list[Event]:
         meta, spec = obj["metadata"], obj["spec"]
-        key = RunKey(int(current["generation"]), current.get("trigger") or "")
+        key = _run_key(current)
         if not current.get("launched"):
             ann = meta.get("annotations") or {}
             job = render_job(obj, key, int(current["attempt"]), self.ctx.settings,
@@ -163,9 +204,12 @@ class ExperimentReconciler:
             what = f"re-attached to Job {name}" if adopted else f"Job {name} created"
             return [Event(api.Reason.RUN_STARTED,
                           f"{what} for {key.label()}, attempt {current['attempt']}")]
-        state, message = await self.cluster.observe(meta["namespace"], current["job"])
+        state, message, stuck = await self.cluster.observe(meta["namespace"], current["job"])
         if state == "running":
             status["progress"] = {"step": "job"}
+            if stuck:  # Kubernetes' own reason, where the user looks
+                status["progress"] |= {"blockedReason": stuck.reason,
+                                       "blockedMessage": stuck.message}
             return []
         result: dict[str, Any] = {"error": message}
         if state == "succeeded":
@@ -214,12 +258,9 @@ class ExperimentReconciler:
                 }.items() if v not in (None, "")})
                 record.update(reason=api.Reason.MODEL_REGISTERED,
                               message=f"model v{version} registered: {sentence}")
-                self.ctx.metrics.runs.labels("succeeded").inc()
-                self.ctx.metrics.models.inc()
             else:
                 record.update(reason=api.Reason.OBJECTIVE_NOT_MET,
                               message=f"objective not met: {sentence}; no model registered")
-                self.ctx.metrics.runs.labels("objective_not_met").inc()
                 events.append(Event(api.Reason.OBJECTIVE_NOT_MET, record["message"], "Warning"))
         else:
             lost = state == "lost"
@@ -228,7 +269,6 @@ class ExperimentReconciler:
             record.update(phase=decide.FAILED,
                           reason=api.Reason.RUN_LOST if lost else api.Reason.RUN_FAILED,
                           message=error[-3000:])
-            self.ctx.metrics.runs.labels("failed").inc()
         record["message"] = record.get("message", "")
         status["runs"] = decide.trim_runs([*(status.get("runs") or []), record])
         status["models"] = models or None
@@ -259,6 +299,10 @@ class ExperimentReconciler:
             reason = api.Reason.RUN_RUNNING if current.get("launched") else api.Reason.RUN_PENDING
             msg = (f"run {current.get('pathspec') or '(starting)'} for generation "
                    f"{current['generation']}, attempt {current['attempt']}{where}")
+            if progress.get("blockedReason"):
+                reason = progress["blockedReason"]
+                msg = f"{current.get('job', 'the Job')} is not progressing: " \
+                      f"{progress.get('blockedMessage', '')}"
             conds = conditions.set_condition(conds, api.Cond.READY, False, reason, msg, gen)
         elif isinstance(action, Backoff):
             conds = conditions.set_condition(
@@ -310,6 +354,22 @@ class ExperimentReconciler:
         current = (obj.get("status") or {}).get("currentRun")
         if current and current.get("launched") and obj["spec"].get("backend") != "kubernetes":
             await self.local.cancel(RunRef.from_dict(current))
+
+
+def _run_key(current: dict[str, Any]) -> RunKey:
+    """The key of the run in ``status.currentRun`` (its flow revision included)."""
+    return RunKey(int(current["generation"]), current.get("trigger") or "",
+                  current.get("flowRevision") or "")
+
+
+def _finished_counts(record: dict[str, Any]) -> list[Count]:
+    """The counters a finished run moves, applied by the loop once its record is on
+    status (a failed write re-finishes the run on the next pass: counted once)."""
+    if record.get("phase") == decide.FAILED:
+        return [Count("runs", ("failed",))]
+    if record.get("reason") == api.Reason.MODEL_REGISTERED:
+        return [Count("runs", ("succeeded",)), Count("models")]
+    return [Count("runs", ("objective_not_met",))]
 
 
 def _last_line(run: dict[str, Any] | None) -> str:

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller import api, conditions, schema
+from controller import api, conditions, failures, schema
 from controller.canary import parse_duration
 from controller.context import Context
 from controller.gitops import applier, commits, git_source, sync
 from controller.gitops.webhook import WebhookServer
 from controller.kube import EXPERIMENTS, SPEC_REPOSITORIES
 from controller.loop import Event, Outcome
+from controller.metrics import Count
 from controller.specfiles import Document
 
 log = logging.getLogger("trellis.specrepos")
@@ -57,6 +58,7 @@ class SpecRepositoryReconciler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._memory: dict[tuple[str, str], _Memory] = {}
+        self._results: dict[tuple[str, str], list[str]] = {}  # this pass' sync results
         self.webhook: WebhookServer | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -83,6 +85,11 @@ class SpecRepositoryReconciler:
         self._mem(namespace, name).requested = True
         self.ctx.wakeups.wake(api.SPEC_REPOSITORY.kind, namespace, name)
 
+    def _result(self, namespace: str, name: str, result: str) -> None:
+        """A sync result to count, once the status reporting it is written (the loop
+        applies ``Outcome.counts``): a failed write repeats the sync, not the count."""
+        self._results.setdefault((namespace, name), []).append(result)
+
     def _mem(self, namespace: str, name: str) -> _Memory:
         return self._memory.setdefault((namespace, name), _Memory())
 
@@ -103,6 +110,7 @@ class SpecRepositoryReconciler:
         mem = self._mem(ns, name)
         requested_at = (meta.get("annotations") or {}).get(api.ANN_RECONCILE_REQUESTED)
         forced = (mem.requested or prev.get("observedGeneration") != gen
+                  or failures.left_by_loop(prev)  # a failed pass: try again now, not later
                   or (requested_at is not None and requested_at != prev.get(
                       "lastHandledReconcileAt")))
         if spec["suspend"]:
@@ -112,12 +120,15 @@ class SpecRepositoryReconciler:
         if not forced and now < mem.next_sync:
             return Outcome(sync.status_unchanged(prev, gen), requeue_after=mem.next_sync - now)
         mem.requested = False
+        self._results.pop((ns, name), None)  # left by a pass that raised: never written
         interval = max(parse_duration(spec["interval"]), 1.0)
         status, ok, events = await self._sync(obj, spec, prev, gen, mem)
         mem.failures = 0 if ok else mem.failures + 1
         delay = interval if ok else sync.retry_delay(mem.failures, interval)
         mem.next_sync = time.monotonic() + delay
-        return Outcome(_handled(status, requested_at), events, requeue_after=delay)
+        return Outcome(_handled(status, requested_at), events, requeue_after=delay,
+                       counts=[Count("syncs", (result,)) for result in self._results.pop(
+                           (ns, name), [])])
 
     async def _sync(self, obj: dict[str, Any], spec: dict[str, Any], prev: dict[str, Any],
                     gen: int, mem: _Memory) -> tuple[dict[str, Any], bool, list[Event]]:
@@ -130,7 +141,7 @@ class SpecRepositoryReconciler:
             sha = await git_source.fetch(self.ctx.settings.repo_cache_dir, ns, name,
                                          spec["url"], spec["ref"], creds)
         except git_source.FetchError as exc:
-            self.ctx.metrics.syncs.labels("fetch_failed").inc()
+            self._result(ns, name, "fetch_failed")
             log.warning("fetch of SpecRepository %s/%s failed: %s", ns, name, exc)
             return sync.status_fetch_failed(prev, gen, url, str(exc)), False, []
 
@@ -138,7 +149,7 @@ class SpecRepositoryReconciler:
         if errors:
             events = []
             if prev.get("lastAttemptedCommit") != sha:
-                self.ctx.metrics.syncs.labels("invalid").inc()
+                self._result(ns, name, "invalid")
                 log.warning("commit %s of %s/%s is invalid: %s", sha[:12], ns, name, errors[0])
                 events.append(Event(api.Reason.VALIDATION_FAILED,
                                     f"commit {sync.short(sha)} is invalid, nothing applied: "
@@ -172,13 +183,13 @@ class SpecRepositoryReconciler:
         if not failed:  # prune only once everything wanted is in place
             failed = await applier.delete_objects(self.ctx.kube, plan.prune)
         if failed:
-            self.ctx.metrics.syncs.labels("apply_failed").inc()
+            self._result(ns, name, "apply_failed")
             log.warning("applying commit %s of %s/%s failed: %s", sha[:12], ns, name, failed[0])
             return sync.status_apply_failed(prev, gen, sha, failed,
                                             len(plan.apply) + len(plan.prune)), False, []
         events = []
         if plan.apply or plan.prune or sha != prev.get("lastSyncedCommit"):
-            self.ctx.metrics.syncs.labels("synced").inc()
+            self._result(ns, name, "synced")
             log.info("SpecRepository %s/%s synced %s: %d applied, %d pruned", ns, name,
                      sha[:12], len(plan.apply), len(plan.prune))
             events.append(Event(api.Reason.SYNCED,

@@ -6,7 +6,10 @@ the request and the response of every prediction as two binary-mode CloudEvents 
 share ``Ce-Requestid``; ``Ce-Namespace`` and ``Ce-Inferenceservicename`` name the
 deployment. The receiver joins the pair and appends the row to the same request log the
 local router writes, so the drift monitor reads one format whatever the backend.
-Ground truth arrives at ``POST /feedback/<namespace>/<name>`` in the router's format.
+Ground truth arrives at ``POST /feedback/<namespace>/<name>`` in the router's format,
+or as the ``io.seldon.serving.feedback`` CloudEvent Seldon's executor logs for feedback
+sent to its own ``/api/v1.0/feedback`` (under a new puid: the prediction's is in the
+body's ``response.meta.puid``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ log = logging.getLogger("trellis.cloudevents")
 
 REQUEST = "io.seldon.serving.inference.request"
 RESPONSE = "io.seldon.serving.inference.response"
+FEEDBACK = "io.seldon.serving.feedback"
 MAX_PENDING = 4096  # half-pairs kept while their other half is in flight
 MAX_BODY = 8 * 1024 * 1024
 
@@ -61,6 +65,8 @@ class Receiver:
         h = request.headers
         kind, rid = h.get("Ce-Type", ""), h.get("Ce-Requestid") or h.get("Ce-Id")
         ns, name = h.get("Ce-Namespace"), h.get("Ce-Inferenceservicename")
+        if kind == FEEDBACK and ns and name:
+            return await self._feedback(request, ns, name)
         if kind not in (REQUEST, RESPONSE) or not rid or not ns or not name:
             return _error(400, "expected a Seldon request-logger CloudEvent (Ce-Type, "
                           "Ce-Requestid, Ce-Namespace, Ce-Inferenceservicename)")
@@ -96,7 +102,10 @@ class Receiver:
         self.log_for(ns, name).append(rid, time.time(), version, features, pred, x)
 
     async def feedback(self, request: web.Request) -> web.Response:
-        ns, name = request.match_info["namespace"], request.match_info["name"]
+        return await self._feedback(request, request.match_info["namespace"],
+                                    request.match_info["name"])
+
+    async def _feedback(self, request: web.Request, ns: str, name: str) -> web.Response:
         try:
             puid, labels = parse_feedback(await request.json())
         except ValueError as exc:  # malformed JSON, or FeedbackError

@@ -27,6 +27,9 @@ class ServingState:
     endpoint: str | None  # the Seldon REST predictions URL users call
     ready: bool  # every predictor with traffic answers health checks
     message: str
+    # Whether a change in serving wakes the loop (a watched SeldonDeployment); if not,
+    # the loop looks again while serving is not ready.
+    watched: bool = False
 
 
 class ServingDriver(Protocol):
@@ -79,7 +82,10 @@ class LocalDriver:
 
 
 class SeldonDriver:
-    """Applies the rendered SeldonDeployment; readiness is what Seldon Core reports."""
+    """Applies the rendered SeldonDeployment; readiness is what Seldon Core reports.
+
+    The SeldonDeployment is read from the operator's watch (``controller.children``):
+    Seldon Core's status updates wake the loop, nothing polls it."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -88,19 +94,23 @@ class SeldonDriver:
                     drift_logging: bool, auth_token: str | None) -> ServingState:
         desired = seldon.render(mdep, predictors, self.ctx.settings, drift_logging=drift_logging)
         meta = mdep["metadata"]
-        current = await self.ctx.kube.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        current, watched = seen.obj, seen.watched
         if current is None or _differs(current, desired):
             current = await self.ctx.kube.apply(desired)
+            self.ctx.children.note(SELDON_DEPLOYMENTS, current)
+            watched = False  # until a watch delivers what we wrote
         state = (current.get("status") or {}).get("state")
         address = ((current.get("status") or {}).get("address") or {}).get("url")
         endpoint = (address.rstrip("/") + PREDICTIONS_PATH if address else
                     f"http://seldon-gateway/seldon/{meta['namespace']}/{meta['name']}"
                     f"{PREDICTIONS_PATH}")
         if state == "Available":
-            return ServingState(endpoint, True, "SeldonDeployment Available")
+            return ServingState(endpoint, True, "SeldonDeployment Available", watched)
         detail = (current.get("status") or {}).get("description") or ""
         return ServingState(endpoint, False, f"waiting for Seldon Core: state "
-                            f"{state or 'not reported yet'}{': ' + detail if detail else ''}")
+                            f"{state or 'not reported yet'}{': ' + detail if detail else ''}",
+                            watched)
 
     async def teardown(self, mdep: dict[str, Any]) -> None:
         meta = mdep["metadata"]

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -114,8 +115,10 @@ class LocalServingBackend:
         ready = router_ok and all(p.healthy for p in predictors.values())
         return self._observed(state, predictors, ready, router_msg)
 
-    async def teardown(self, namespace: str, name: str) -> None:
-        """Stop the router first (no traffic to dying predictors), then every predictor."""
+    async def teardown(self, namespace: str, name: str, *, forget: bool = True) -> None:
+        """Stop the router first (no traffic to dying predictors), then every predictor;
+        then remove the deployment's directory, unless ``forget`` is off (its logs kept
+        for a post-mortem)."""
         async with self._lock(namespace, name):
             directory = self._dir(namespace, name)
             if not (directory / STATE_FILE).exists():
@@ -126,7 +129,9 @@ class LocalServingBackend:
                 await procs.terminate(state.router.pid, marker)
             stopping = [*state.predictors.values(), *state.retiring]
             await asyncio.gather(*(procs.terminate(p.pid, p.marker) for p in stopping))
-            await asyncio.to_thread(shutil.rmtree, directory, True)
+            _remove_tmp(*stopping)
+            if forget:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
 
     # ---- convergence ---------------------------------------------------------------
 
@@ -204,10 +209,12 @@ class LocalServingBackend:
                     else:
                         notes[spec.name] = f"v{current.version} stopped answering; restarted"
                         await procs.terminate(current.pid, current.marker, grace_s=5)
+                        _remove_tmp(current)
                 elif current is not None:
                     tail = procs.log_tail(Path(current.log), lines=5)
                     notes[spec.name] = f"v{current.version} had exited and was restarted: {tail}"
                     procs.kill_remnants(current.pid, current.marker)
+                    _remove_tmp(current)
                 state.predictors[spec.name] = _adopt(state, spec) or await self._start_predictor(
                     directory, desired, spec
                 )
@@ -242,11 +249,16 @@ class LocalServingBackend:
         ]
         instance = uuid.uuid4().hex
         env = server_env(desired, spec, self.serving_dir, instance)
-        pid = await procs.spawn(argv, env=env, cwd=self.serving_dir, log_path=log)
+        env["TMPDIR"] = tmpdir = tempfile.mkdtemp(prefix=f"trellis-{spec.name}-")
+        try:
+            pid = await procs.spawn(argv, env=env, cwd=self.serving_dir, log_path=log)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
         logger.info("started %s v%d on port %d (pid %d)", spec.name, spec.version, port, pid)
         return Proc(
             *(spec.name, spec.version, spec.model_uri, env_hash(spec.env)),
-            *(port, metrics_port, pid, time.time(), str(log), instance),
+            *(port, metrics_port, pid, time.time(), str(log), instance, tmpdir),
         )
 
     async def _health(
@@ -288,6 +300,7 @@ class LocalServingBackend:
             (keep if proc.url in routed and procs.pid_alive(proc.pid) else stop).append(proc)
         await asyncio.gather(*(procs.terminate(p.pid, p.marker) for p in stop))
         procs.remove_logs([Path(p.log) for p in stop])
+        _remove_tmp(*stop)
         for proc in stop:
             logger.info("stopped %s v%d (pid %d)", proc.name, proc.version, proc.pid)
         state.retiring = keep
@@ -333,6 +346,14 @@ def _validate(desired: DesiredServing) -> None:
         parse_config(config.to_json())
     except ConfigError as exc:
         raise ServingError(f"cannot serve {config.deployment}: {exc}") from exc
+
+
+def _remove_tmp(*stopped: Proc) -> None:
+    """The TMPDIR of stopped servers: seldon-core's multiprocessing manager, killed with
+    its group, leaves its ``pymp-*`` socket directory behind in it."""
+    for proc in stopped:
+        if proc.tmpdir:
+            shutil.rmtree(proc.tmpdir, ignore_errors=True)
 
 
 def _adopt(state: State, spec: PredictorSpec) -> Proc | None:

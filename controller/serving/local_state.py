@@ -73,6 +73,7 @@ class Proc:
     started_at: float
     log: str
     instance: str = ""  # echoed by /health/status: proves the port is still this server
+    tmpdir: str = ""  # its own TMPDIR, removed once it is stopped
 
     @property
     def url(self) -> str:

@@ -8,10 +8,14 @@ between the counters now and the baseline taken when the step started (kept on
 - ``LocalScrape`` scrapes the local router's ``/metrics`` (Prometheus text).
 - ``PrometheusQuery`` asks a Prometheus server for the same series that Seldon Core's
   executor and our model server export in a cluster.
+
+Either raises ``MetricsUnavailable`` (transient, by intent) when its numbers cannot be
+read, never a bare aiohttp error: the reconcile loop puts that on the object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +24,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.canary import Window
+from controller.failures import MetricsUnavailable
+
+# What a metrics read fails with when the server is down, slow or answers nonsense.
+READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError)
 
 
 @dataclass
@@ -121,10 +129,14 @@ class LocalScrape:
 
         endpoint = (deployment.get("status") or {}).get("endpoint") or ""
         url = base_url(endpoint).rstrip("/") + "/metrics"
-        async with aiohttp.ClientSession(timeout=self.timeout) as session, \
-                session.get(url) as resp:
-            resp.raise_for_status()
-            return parse_router_metrics(await resp.text(), predictor, version)
+        try:
+            async with aiohttp.ClientSession(timeout=self.timeout) as session, \
+                    session.get(url) as resp:
+                resp.raise_for_status()
+                return parse_router_metrics(await resp.text(), predictor, version)
+        except READ_ERRORS as exc:
+            raise MetricsUnavailable(f"the router's metrics at {url} cannot be read: "
+                                     f"{_said(exc)}") from exc
 
 
 # ------------------------------------------------------------------ Prometheus
@@ -136,7 +148,7 @@ class PrometheusQuery:
     """Instant queries against Prometheus for Seldon Core's executor series.
 
     Seldon labels its executor metrics with ``deployment_name``, ``predictor_name`` and
-    ``predictor_version`` (the predictor's ``version`` label, which we set to ``vN``).
+    ``predictor_version`` (the predictor's ``version`` annotation, which we set to ``vN``).
     """
 
     def __init__(self, base_url: str, timeout: float = 10.0) -> None:
@@ -153,11 +165,19 @@ class PrometheusQuery:
             r.raise_for_status()
             body = await r.json()
         if body.get("status") != "success":
-            raise RuntimeError(f"Prometheus query failed: {body.get('error', body)}")
+            raise ValueError(f"query {promql!r} failed: {body.get('error', body)}")
         return body["data"]["result"]
 
     async def counters(self, deployment: dict[str, Any], predictor: str,
                        version: int) -> Counters:
+        try:
+            return await self._counters(deployment, predictor, version)
+        except READ_ERRORS as exc:
+            raise MetricsUnavailable(f"Prometheus at {self.base_url} cannot be queried: "
+                                     f"{_said(exc)}") from exc
+
+    async def _counters(self, deployment: dict[str, Any], predictor: str,
+                        version: int) -> Counters:
         sel = self.selector(deployment, predictor, version)
         out = Counters()
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
@@ -174,3 +194,7 @@ class PrometheusQuery:
             for row in await self._query(session, classes):
                 out.classes[row["metric"].get("class", "?")] = int(float(row["value"][1]))
         return out
+
+
+def _said(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__  # a timeout says nothing by itself

@@ -7,8 +7,9 @@ logged with its drift features and inputs (``requestlog``). The operator changes
 and predictors by rewriting the config file; the router notices within half a second (or
 at once on SIGHUP) and keeps the old config if the new one is invalid.
 
-Error mapping: malformed or oversize requests are refused here (400/413) and never
-reach a model; a predictor's 4xx is passed through; its 5xx becomes 502, an unreachable
+Error mapping: malformed or oversize requests (not JSON, nested past the decoder's
+limit, a body that cannot be decoded) are refused here (400/413) and never reach a
+model; a predictor's 4xx is passed through; its 5xx becomes 502, an unreachable
 predictor 502 and a slow one 504, all counted against that predictor.
 """
 
@@ -55,6 +56,9 @@ logger = logging.getLogger("trellis.router")
 
 RELOAD_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
+# A body not read to its end within this is refused (408): a sender that stalls, or a
+# Content-Encoding aiohttp never finishes decoding (a 3-byte "deflate" body hangs it).
+BODY_TIMEOUT_S = 10.0
 
 
 def error(status: int, message: str, reason: str) -> web.Response:
@@ -204,15 +208,28 @@ class Router:
         if request.content_length is not None and request.content_length > limit:
             return b"", self._reject(endpoint, too_big)
         body = bytearray()
-        async for chunk in request.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                return b"", self._reject(endpoint, too_big)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > limit:
+                        return b"", self._reject(endpoint, too_big)
+        except (web.RequestPayloadError, ConnectionError) as exc:  # a bad Content-Encoding,
+            # a body cut off by its sender (who may no longer read this answer)
+            unreadable = error(400, f"unreadable request body: {exc}", "BAD_BODY")
+            return b"", self._reject(endpoint, unreadable)
+        except TimeoutError:
+            message = (f"request body not received (or not decodable) within "
+                       f"{BODY_TIMEOUT_S:g}s")
+            return b"", self._reject(endpoint, error(408, message, "BODY_TIMEOUT"))
         try:  # on the loop: the C decoder holds the GIL, so a thread would not help
             return bytes(body), json.loads(body)
         except ValueError as exc:
             malformed = error(400, f"malformed JSON body: {exc}", "BAD_JSON")
             return b"", self._reject(endpoint, malformed)
+        except RecursionError:  # [[[[...]]]] deeper than the decoder's recursion limit
+            deep = error(400, "malformed JSON body: nested too deeply", "BAD_JSON")
+            return b"", self._reject(endpoint, deep)
 
     # ---- endpoints ---------------------------------------------------------------
 

@@ -208,7 +208,8 @@ def check_bearer(header: str | None, token: str | None) -> Auth:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return Auth.MISSING
-    if hmac.compare_digest(value.strip().encode(), token.encode()):
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare them as bytes.
+    if hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode()):
         return Auth.OK
     return Auth.WRONG
 
@@ -318,9 +319,9 @@ def status_info(answer: object) -> str:
 def images_uint8(message: dict[str, Any]) -> np.ndarray:
     """The request's images (already validated by the model) as uint8 for the log."""
     data = message["data"]
-    if "tensor" in data:
+    if "ndarray" in data:  # the model's precedence: ndarray wins over a tensor next to it
+        images = np.asarray(data["ndarray"], dtype=np.float32)
+    else:
         tensor = data["tensor"]
         images = np.asarray(tensor["values"], dtype=np.float32).reshape(tensor["shape"])
-    else:
-        images = np.asarray(data["ndarray"], dtype=np.float32)
     return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)

@@ -3,7 +3,8 @@
 Pure: (ModelDeployment, predictors, settings) → the object to server-side apply. One
 predictor while stable; two (``stable`` and ``canary``, traffic summing to 100) during
 a rollout. Seldon's executor labels its metrics with ``predictor_version`` from the
-predictor's ``version`` label, which is how canary analysis tells versions apart.
+predictor's ``version`` *annotation* (a label is not read), which is how canary analysis
+tells versions apart; the label is kept for selecting the predictor's pods.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def _predictor(p: Predictor, replicas: int, settings: Settings,
         "replicas": replicas,
         "traffic": p.weight,
         "labels": {"version": f"v{p.version}"},
+        "annotations": {"version": f"v{p.version}"},  # -> predictor_version on metrics
         "graph": graph,
         "componentSpecs": [{
             "spec": {

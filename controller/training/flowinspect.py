@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import threading
 from dataclasses import dataclass, field
 
 # The type names check_parameters() understands; anything else is not checked.
@@ -183,9 +184,15 @@ def _dotted(node: ast.expr) -> str:
     return ""
 
 
+# CPython 3.11's ast.parse is not safe in concurrent threads ("SystemError: AST constructor
+# recursion depth mismatch"), and preflights run in worker threads, many at once at scale.
+_PARSING = threading.Lock()
+
+
 def _parse(text: str) -> ast.Module:
     try:
-        return ast.parse(text)
+        with _PARSING:
+            return ast.parse(text)
     except SyntaxError as exc:
         raise FlowInspectError(f"syntax error at line {exc.lineno}: {exc.msg}") from exc
 

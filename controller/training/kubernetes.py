@@ -1,8 +1,9 @@
 """Cluster-mode training: a ``batch/v1`` Job, owned by the Experiment, that runs the flow
 with Metaflow's Kubernetes compute (each step its own pod, GPUs from ``spec.resources``).
 
-``render_job`` is pure; ``KubernetesTrainingBackend`` creates the Job, reads its state,
-and reads the finished run's artifacts through the Metaflow client (S3 datastore).
+``render_job`` is pure; ``KubernetesTrainingBackend`` creates the Job, reads its state
+and its Pods' (from the operator's watches, ``controller.children``: no request per
+look), and reads the finished run's artifacts through the Metaflow client (S3 datastore).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import hashlib
 from typing import Any
 
 from controller import api
-from controller.kube import JOBS, Kube, owner_reference
+from controller.children import LABEL_JOB_NAME, Children
+from controller.kube import JOBS, PODS, Kube, owner_reference
 from controller.settings import Settings
+from controller.training import podstate
 from controller.training.decide import RunKey
 
 SOURCE_DIR = "/workspace/src"
@@ -23,6 +26,8 @@ def job_name(experiment: str, key: RunKey, attempt: int) -> str:
     suffix = f"-g{key.generation}-a{attempt}"
     if key.trigger:
         suffix += "-r" + hashlib.sha256(key.trigger.encode()).hexdigest()[:6]
+    if key.revision:  # a code-only change is a new run of the same generation
+        suffix += "-f" + key.revision[:8]
     return experiment[: 63 - len(suffix)].rstrip("-") + suffix
 
 
@@ -137,21 +142,39 @@ def job_state(job: dict[str, Any] | None) -> tuple[str, str]:
 
 
 class KubernetesTrainingBackend:
-    def __init__(self, kube: Kube, settings: Settings) -> None:
+    def __init__(self, kube: Kube, settings: Settings, children: Children | None = None
+                 ) -> None:
         self.kube = kube
         self.settings = settings
+        self.children = children or Children(kube)  # no watches: read by GET
 
     async def launch(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The Job, and whether it already existed (created before a restart or by a
         replica that lost its lease before recording it): adopted, never duplicated."""
-        existing = await self.kube.get(JOBS, job["metadata"]["namespace"],
-                                       job["metadata"]["name"])
+        ns = job["metadata"]["namespace"]
+        # Asked of the API server, not the cache: adopting a deleted Job a relist left
+        # in the index would follow a run that does not exist.
+        existing = await self.kube.get(JOBS, ns, job["metadata"]["name"])
         if existing is not None:
             return existing, True
-        return await self.kube.create(JOBS, job["metadata"]["namespace"], job), False
+        created = await self.kube.create(JOBS, ns, job)
+        self.children.note(JOBS, created)
+        return created, False
 
-    async def observe(self, namespace: str, name: str) -> tuple[str, str]:
-        return job_state(await self.kube.get(JOBS, namespace, name))
+    async def observe(self, namespace: str, name: str
+                      ) -> tuple[str, str, podstate.Blocked | None]:
+        """(state, message, why its pods are stuck) of the run's Job."""
+        job = await self.children.get(JOBS, namespace, name)
+        state, message = job_state(job.obj)
+        if state not in ("running", "failed"):
+            return state, message, None
+        if state == "failed":
+            # Listed, not cached: the Pods' watch may not have delivered their final
+            # status yet, and this message is written once, when the run ends.
+            pods = await self.kube.list(PODS, namespace, f"{LABEL_JOB_NAME}={name}")
+            detail = podstate.failure_detail(pods)
+            return state, f"{message}: {detail}" if detail else message, None
+        return state, message, podstate.blocked(await self.children.pods_of_job(namespace, job))
 
     async def artifacts(self, flow_name: str, tags: dict[str, str]) -> dict[str, Any]:
         """The finished run's artifacts, read with the Metaflow client from S3."""

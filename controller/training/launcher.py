@@ -12,7 +12,7 @@ what any later operator process reads to re-attach:
     progress.json  written by the flow itself (TRELLIS_PROGRESS_FILE): step, epoch
     stdout.log / stderr.log   the flow's output; launcher.log the launcher's own
     result.json    exit code, error, finished_at (written once, when the run ends)
-    tmp/           Runner's temporary files (its FIFO, its own log copies)
+    tmp/           the run's TMPDIR: Runner's FIFO and log copies, the flow's temp files
 
 Only the standard library and metaflow are used here: the launcher may run under a
 training interpreter that does not have the operator's packages.
@@ -62,10 +62,11 @@ async def run(workdir: Path, req: dict[str, Any]) -> int:
     from metaflow import Runner
     from metaflow.runner.click_api import extract_flow_class_from_file
 
-    # Runner keeps its FIFO and log copies in temp dirs; a launcher killed outright
-    # would leak them into /tmp, so they live in the workdir instead.
+    # Runner keeps its FIFO and log copies in temp dirs, the flow's runtime its task
+    # configs; a run killed outright would leak them into /tmp, so they live in the
+    # workdir instead (TMPDIR: for the flow's processes too).
     (workdir / "tmp").mkdir(exist_ok=True)
-    tempfile.tempdir = str(workdir / "tmp")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(workdir / "tmp")
     rc: int | None = None
     error = None
     try:

@@ -176,6 +176,26 @@ class LocalTrainingBackend:
                                       f"{existing.get('tags')}; use one workdir per attempt")
             return workdir, RunRef(read_json(workdir / "run.json").get("pathspec"),
                                    existing.get("pid"), str(workdir))
+        prepared = read_json(workdir / "request.json")
+        if prepared:
+            # A launch cut short (the operator killed between writing the request and
+            # recording its launcher): the launcher may run unrecorded, or never started.
+            if sorted(prepared.get("tags") or []) != sorted(
+                    f"{k}:{v}" for k, v in req.tags.items()):
+                raise FileExistsError(f"{workdir} already holds a launch request with tags "
+                                      f"{prepared.get('tags')}; use one workdir per attempt")
+            pid = _launcher_of(workdir)
+            if pid is not None:  # record it now, as launch would have
+                write_json(workdir / "launcher.json", {
+                    "pid": pid, "starttime": _proc_stat(pid)[2], "started_at": time.time(),
+                    "tags": req.tags, "flow_name": req.flow_name, "recovered": True})
+                return workdir, RunRef(read_json(workdir / "run.json").get("pathspec"),
+                                       pid, str(workdir))
+            if (workdir / "result.json").exists() or (workdir / "run.json").exists():
+                # it ran unrecorded and is over: observe reads what it left
+                return workdir, RunRef(read_json(workdir / "run.json").get("pathspec"),
+                                       None, str(workdir))
+            return workdir, None  # never started (its index entry is written): start it
         if not Path(req.flow_file).is_file():
             raise FileNotFoundError(f"flow file {req.flow_file} not found")
         workdir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +389,27 @@ def _proc_stat(pid: int) -> tuple[str, int, int | None]:
         return "", -1, None
     fields = raw[raw.rindex(")") + 2 :].split()
     return fields[0], int(fields[2]), int(fields[19])
+
+
+def _launcher_of(workdir: Path) -> int | None:
+    """The pid of a live launcher process working on ``workdir``'s request, if any.
+
+    Found by its command line (``python launcher.py <workdir>/request.json``): the one
+    record of a launcher the operator started but was killed before noting.
+    """
+    request = str(workdir / "request.json").encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if request in argv and any(a.endswith(b"launcher.py") for a in argv):
+            state, group, _ = _proc_stat(int(entry.name))
+            if state not in ("Z", "X", "") and group == int(entry.name):
+                return int(entry.name)
+    return None
 
 
 def _group_alive(pgid: int, starttime: int | None) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.demo.cleanup import find
+from controller.localwork import find
 from controller.paths import ROOT
 
 pytestmark = [pytest.mark.e2e]
@@ -45,15 +45,19 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         assert f'id="{section}"' in page
     for src in re.findall(r'<img[^>]+src="([^"]+)"', page):
         assert (report / src).stat().st_size > 10_000, src
-    assert find(work / "state") == []  # nothing left running
+    assert find([work / "state"], environ=True) == []  # nothing left running
 
 
 def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     work = tmp_path / "work"
+    # As from a terminal: a run started in the background by a non-interactive shell
+    # (a CI runner's `cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt for it.
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "demo", "--workdir",
                              str(work), "--report", str(tmp_path / "report")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=demo_env(), cwd=ROOT)
+                            env=demo_env(), cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     seen = ""
     while "Level 0" not in seen and time.monotonic() < deadline:
@@ -63,6 +67,6 @@ def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "interrupted" in rest
-    assert find(work / "state") == []
+    assert find([work / "state"], environ=True) == []
     cluster_state = work / "cluster" / "state.json"
     assert not cluster_state.exists()

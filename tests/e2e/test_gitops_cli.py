@@ -140,7 +140,7 @@ def test_validate_checks_flows_references_and_coherence(farm: GitRepo) -> None:
         experiment("bad", flow_name="PumpkinFlw"),
         experiment("bad2", extra_params="\n    momentum: 0.9\n    variety: 3"),
         experiment("bad3", flow="flows/missing.py"),
-        deployment("y", experiment="nope"),
+        deployment("y1", experiment="nope"),  # a bare y is a boolean to kubectl (and to us)
         deployment("z", drift="\n  drift:\n    enabled: true\n    action: retrain\n"
                               "    cooldown: 1m\n    window: 50000"),
     ]))

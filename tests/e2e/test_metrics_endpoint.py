@@ -8,7 +8,6 @@ counts as a failed run.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 from controller.processes import free_port
 from tests.support.clusterwide import scrape
 from tests.support.gitrepo import experiment
-from tests.support.kube import Cluster, operator_process, wait_for
+from tests.support.kube import Cluster, healthy, operator_process, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,14 +35,6 @@ def metrics_port(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[i
            "TRELLIS_RESYNC_SECONDS": "5", "TRELLIS_LOG_FORMAT": "json"}
     with operator_process(env, tmp_path / "operator.log", ["-n", namespace]):
         yield port
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def test_counters_move_with_a_kubernetes_training_run(

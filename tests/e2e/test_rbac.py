@@ -4,10 +4,13 @@ The ServiceAccount, ClusterRole and binding come from ``kubectl kustomize manife
 operator (``python -m controller --peering trellis``, cluster-wide, as the Deployment runs
 it) authenticates with a TokenRequest token, never as admin. One scenario uses every
 permission: a SpecRepository syncing a bare git repository (apply, prune, webhook), an
-Experiment with ``backend: kubernetes`` (a Job), a ModelDeployment with ``backend:
-seldon`` and ``spec.auth`` (a Secret read, a SeldonDeployment), a deleted ModelDeployment
-(its SeldonDeployment torn down, its finalizer released), status writes, Events, and
-kopf's peering keep-alive. The expectations are the ``Scenario`` checks below.
+Experiment with ``backend: kubernetes`` (a Job, whose unschedulable pod it names), a
+ModelDeployment with ``backend: seldon`` and ``spec.auth`` (a Secret read, a
+SeldonDeployment), a deleted ModelDeployment (its SeldonDeployment torn down, its finalizer
+released), status writes, Events, and kopf's peering keep-alive; the Jobs, Pods and
+SeldonDeployments the operator owns are watched (a forbidden watch holds every reconcile
+loop: kopf fills its indices of them first). The expectations are the ``Scenario`` checks
+below.
 
 The ablation then runs the same scenario once per rule, with that rule removed from the
 ClusterRole. How it decides "failed": the operator gets ``STARTUP_S`` to log that its
@@ -173,6 +176,12 @@ def objects(ns: str, repo_url: str) -> list[dict[str, Any]]:
          "metadata": {"name": "leaving", "namespace": ns,
                       "finalizers": ["mlops.trellis.dev/finalizer"]},
          "spec": {"model": {"experiment": "registered"}, "backend": "seldon"}},
+        # ...and the SeldonDeployment an earlier operator rendered for it (no garbage
+        # collector runs here: only the delete handler takes it down).
+        {"apiVersion": "machinelearning.seldon.io/v1", "kind": "SeldonDeployment",
+         "metadata": {"name": "leaving", "namespace": ns,
+                      "labels": {"app.kubernetes.io/managed-by": "trellis"}},
+         "spec": {"name": "leaving", "predictors": []}},
         exp,
         registered,
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
@@ -200,6 +209,7 @@ class Scenario:
     metrics_port: int
     pod_id: str
     webhook_status: int | None = None
+    pod_created: bool = False
 
     def custom(self, plural: str, name: str) -> dict[str, Any] | None:
         return get_custom(self.e.api, GROUP, VERSION, plural, name, self.ns)
@@ -228,6 +238,11 @@ class Scenario:
         leaving = self.custom("modeldeployments", "leaving")
         return None if leaving is None else "still held by its finalizer"
 
+    def deleted_deployment_torn_down(self) -> str | None:
+        sdep = get_custom(self.e.api, "machinelearning.seldon.io", "v1", "seldondeployments",
+                          "leaving", self.ns)
+        return None if sdep is None else "its SeldonDeployment is still there"
+
     def training_job_created(self) -> str | None:
         exp = self.custom("experiments", "train")
         jobs = k8s.BatchV1Api(self.e.api).list_namespaced_job(self.ns).items
@@ -237,6 +252,32 @@ class Scenario:
         if len(mine) == 1 and current.get("job") == mine[0].metadata.name:
             return None
         return f"jobs {[j.metadata.name for j in mine]}, currentRun {current}"
+
+    def stuck_training_pod_named(self) -> str | None:
+        """The Job's pod cannot be scheduled, and the Experiment says so (reading pods).
+
+        No node and no Job controller here: the test plays both, creating the Job's pod
+        and writing the scheduler's verdict onto it, as an admin."""
+        exp = self.custom("experiments", "train") or {}
+        job = ((exp.get("status") or {}).get("currentRun") or {}).get("job")
+        if not job:
+            return "no Job recorded yet"
+        if not self.pod_created:
+            core = k8s.CoreV1Api(self.e.api)
+            pod = core.create_namespaced_pod(self.ns, {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{job}-x1", "labels": {
+                    "batch.kubernetes.io/job-name": job,
+                    "app.kubernetes.io/managed-by": "trellis"}},  # as the Job's template
+                "spec": {"containers": [{"name": "train", "image": "trellis/trainer:dev"}]}})
+            core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
+                "conditions": [{"type": "PodScheduled", "status": "False",
+                                "reason": "Unschedulable",
+                                "message": "0/1 nodes are available: 1 Insufficient cpu."}]}})
+            self.pod_created = True
+        progress = (exp.get("status") or {}).get("progress") or {}
+        return None if progress.get("blockedReason") == "Unschedulable" else \
+            f"progress: {progress}"
 
     def seldondeployment_rendered(self) -> str | None:
         sdep = get_custom(self.e.api, "machinelearning.seldon.io", "v1", "seldondeployments",
@@ -278,8 +319,9 @@ class Scenario:
 
 CHECKS: list[Callable[[Scenario], str | None]] = [
     Scenario.specrepository_synced, Scenario.spec_applied_from_git, Scenario.stale_spec_pruned,
-    Scenario.deleted_deployment_released,
-    Scenario.training_job_created, Scenario.seldondeployment_rendered,
+    Scenario.deleted_deployment_released, Scenario.deleted_deployment_torn_down,
+    Scenario.training_job_created, Scenario.stuck_training_pod_named,
+    Scenario.seldondeployment_rendered,
     Scenario.deployment_status_written, Scenario.events_posted, Scenario.peering_keepalive,
     Scenario.webhook_accepted,
 ]

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,8 +91,12 @@ def devtools_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         pytest.skip(f"{CHROMIUM} missing: run scripts/install-chromium.sh")
     profile = tmp_path_factory.mktemp("chromium-profile")
     log = (profile.parent / "chromium.log").open("wb")
+    # Chromium leaves an org.chromium.Chromium.* dir in its TMPDIR when terminated; a
+    # short one of its own (the singleton socket's path must stay short) goes after it.
+    scratch = tempfile.TemporaryDirectory(prefix="chromium-")
     proc = subprocess.Popen([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}",
-                             "about:blank"], stdout=log, stderr=subprocess.STDOUT)
+                             "about:blank"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TMPDIR": scratch.name})
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -108,6 +113,7 @@ def devtools_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             proc.kill()
             proc.wait()
         log.close()
+        scratch.cleanup()
 
 
 async def _open(port: int, page: Path) -> tuple[dict[str, Any], list[str], bytes]:

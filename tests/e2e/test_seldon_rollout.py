@@ -7,19 +7,25 @@ metrics (served by a Prometheus stand-in that answers the operator's real querie
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.fake_prometheus import FakePrometheus
 from tests.support.kube import Cluster, OperatorProcess, condition, wait_for
-from tests.support.specs import base
+from tests.support.seldon import (
+    install_crd,
+    mark_available,
+    mdep_status,
+    predictors,
+    register,
+    setup_objects,
+    traffic,
+    wait_predictors,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
-CRD = Path(__file__).resolve().parents[1] / "support" / "crds" / "seldondeployment.yaml"
 
 
 @pytest.fixture
@@ -32,71 +38,7 @@ def prometheus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePrometheus]:
 
 @pytest.fixture
 def seldon_crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "-f", str(CRD))
-
-
-def register(cluster: Cluster, ns: str, *versions: int) -> None:
-    models = [{"version": v, "artifactUri": f"s3://farm-models/classifier/{v}",
-               "run": f"PumpkinFlow/{v}", "createdAt": "2026-11-27T00:00:00Z"}
-              for v in versions]
-    cluster.kubectl("patch", "exp", "classifier", "-n", ns, "--subresource=status",
-                    "--type=merge", "-p", json.dumps({"status": {"models": models}}))
-
-
-def setup_objects(cluster: Cluster, ns: str) -> None:
-    exp = base("Experiment")
-    exp["spec"]["flow"]["file"] = "flows/not-here.py"  # nothing trains in this test
-    cluster.apply(exp, ns)
-    register(cluster, ns, 1)
-    mdep = base("ModelDeployment")
-    mdep["spec"]["backend"] = "seldon"
-    mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": "2s",
-                              "analysis": {"minRequests": 10, "maxErrorRate": 0.05,
-                                           "maxLatencyP99Ms": 500, "maxPredictionShift": 0.3}}
-    mdep["spec"]["drift"] = {"enabled": False}
-    cluster.apply(mdep, ns)
-
-
-def predictors(cluster: Cluster, ns: str) -> list[tuple[str, str, int]]:
-    sdep = cluster.get("sdep", "classifier", ns)
-    if not sdep:
-        return []
-    return [(p["name"], p["labels"]["version"], p["traffic"]) for p in sdep["spec"]["predictors"]]
-
-
-def mark_available(cluster: Cluster, ns: str) -> None:
-    cluster.kubectl("patch", "sdep", "classifier", "-n", ns, "--subresource=status",
-                    "--type=merge", "-p", json.dumps({"status": {
-                        "state": "Available",
-                        "address": {"url": f"http://seldon.farm/seldon/{ns}/classifier"}}}))
-
-
-def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
-                    timeout: float = 30) -> None:
-    """Wait for the SeldonDeployment's traffic split and, mid-rollout, for the step to be
-    on status with its counters baseline: traffic recorded before the operator has read
-    the baseline would fall outside the step's window, as requests do in a real cluster
-    in the moment between a weight change and the baseline read.
-    """
-    wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
-             what=f"predictors {expected}")
-    weights = dict((name, weight) for name, _, weight in expected)
-    if "canary" in weights:
-        def step_recorded() -> bool:
-            canary = mdep_status(cluster, ns).get("canary") or {}
-            return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
-        wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
-
-
-def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
-    return (cluster.get("mdep", "classifier", ns) or {}).get("status") or {}
-
-
-def traffic(prom: FakePrometheus, canary: int, stable: int, *, errors: int = 0,
-            canary_latency: float = 0.02) -> None:
-    prom.record("canary", canary, ok=20, errors=errors, latency_s=canary_latency)
-    prom.record("stable", stable, ok=80)
+    install_crd(cluster)
 
 
 def test_rollout_and_rollback_drive_the_seldondeployment(

@@ -293,12 +293,18 @@ def test_force_push_to_an_older_commit_is_followed(
     assert repo["status"]["objects"] == 2
 
 
+def applied(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """What a sync writes of an object: its spec and its source annotations."""
+    return (obj["metadata"]["generation"], obj["spec"],
+            obj["metadata"]["annotations"].get("mlops.trellis.dev/source-commit"))
+
+
 def test_unreachable_remote_then_recovery(
         cluster: Cluster, namespace: str, gitops: int, farm: GitRepo) -> None:
     c0 = farm.head()
     cluster.apply(specrepo(farm), namespace)
     synced(cluster, namespace, c0)
-    before = cluster.get("experiment", "classifier", namespace)["metadata"]["resourceVersion"]
+    before = applied(cluster.get("experiment", "classifier", namespace))
     away = farm.move_remote_away()
 
     def fetch_failed() -> dict[str, Any] | None:
@@ -313,8 +319,13 @@ def test_unreachable_remote_then_recovery(
                                 "does not appear to be a git repository")
     assert repo["status"]["lastSyncedCommit"] == c0
     assert condition(repo, "Stalled") is None
-    after = cluster.get("experiment", "classifier", namespace)["metadata"]["resourceVersion"]
-    assert after == before  # objects untouched
+    after = applied(cluster.get("experiment", "classifier", namespace))
+    assert after == before  # objects untouched (their own status moves on meanwhile)
+    time.sleep(2 * INTERVAL)  # retried meanwhile: announced once, on the transition
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    fetch = [e for e in events["items"] if e["reason"] == "FetchFailed"
+             and e["involvedObject"]["name"] == "farm"]
+    assert [(e["type"], e["message"]) for e in fetch] == [("Warning", ready["message"])]
 
     farm.bring_remote_back(away)
     repo = synced(cluster, namespace, c0, timeout=30)

@@ -33,6 +33,8 @@ class FakePrometheus:
         self.queries: list[str] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._started = threading.Event()
 
     def record(self, predictor: str, version: int, *, ok: int = 0, errors: int = 0,
@@ -79,13 +81,29 @@ class FakePrometheus:
         self._loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/api/v1/query", self._query)
-        runner = web.AppRunner(app)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(self._site.start())
+        self.port = self._site._server.sockets[0].getsockname()[1]
         self._started.set()
         self._loop.run_forever()
+
+    def close_port(self) -> None:
+        """Stop listening (connections are refused, as when Prometheus is down); the
+        recorded series stay for ``open_port``."""
+        assert self._loop is not None and self._site is not None
+        asyncio.run_coroutine_threadsafe(self._site.stop(), self._loop).result(10)
+
+    def open_port(self) -> None:
+        """Listen again on the same port: Prometheus is back."""
+        assert self._loop is not None and self._runner is not None
+
+        async def reopen() -> None:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            await self._site.start()
+
+        asyncio.run_coroutine_threadsafe(reopen(), self._loop).result(10)
 
     def stop(self) -> None:
         if self._loop is not None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,3 +121,12 @@ def operator_process(env: dict[str, str], log_path: Path,
         yield op
     finally:
         op.stop()
+
+
+def healthy(port: int) -> bool:
+    """Whether the operator's metrics server on ``port`` answers ``/healthz`` with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False

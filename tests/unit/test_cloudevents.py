@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
-from controller.serving.cloudevents import REQUEST, RESPONSE, Receiver
+from controller.serving.cloudevents import FEEDBACK, REQUEST, RESPONSE, Receiver
 from controller.serving.requestlog_read import RequestLogReader
 
 IMAGES = np.full((2, 64, 64, 3), 0.5).tolist()
@@ -67,3 +67,22 @@ def test_bad_events_are_refused_clearly(tmp_path: Path) -> None:
     ])
     assert results[0][0] == 400 and "CloudEvent" in results[0][1]["status"]["info"]
     assert results[2][0] == 400 and "trellis.features" in results[2][1]["status"]["info"]
+
+
+def test_feedback_sent_through_seldon_is_logged_as_ground_truth(tmp_path: Path) -> None:
+    """Seldon's executor logs feedback to its own endpoint as a CloudEvent under a new
+    puid; the prediction's puid is in the body's ``response.meta.puid``."""
+    feedback = {"request": {"data": {"ndarray": IMAGES}},
+                "response": {"meta": {"puid": "r1"}},
+                "truth": {"data": {"ndarray": [1, 1]}}, "reward": 1}
+    results = run(tmp_path, [
+        post("/", {"data": {"ndarray": IMAGES}}, headers(REQUEST, "r1")),
+        post("/", RESPONSE_BODY, headers(RESPONSE, "r1")),
+        post("/", feedback, headers(FEEDBACK, "f-new-puid")),
+        post("/", {**feedback, "response": {"meta": {"puid": "unknown"}}},
+             headers(FEEDBACK, "f-2")),
+    ])
+    assert [code for code, _ in results] == [202, 201, 200, 404]
+    reader = RequestLogReader(tmp_path / "farm" / "classifier")
+    assert reader.labelled_count() == 2
+    assert reader.live_accuracy() == 0.5  # predicted [0, 1], truth [1, 1]

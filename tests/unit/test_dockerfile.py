@@ -204,7 +204,8 @@ def test_final_stages_run_as_non_root_without_build_tools(target: str) -> None:
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), f"{target} runs as {user}"
     chain = [s.name for s in DOCKERFILE.chain(target)]
-    assert not {"build", "build-serving"} & set(chain), f"{target} is built on {chain}"
+    assert not {"uv", "build", "build-train", "build-serving"} & set(chain), \
+        f"{target} is built on {chain}"
     for s in DOCKERFILE.chain(target):
         for run in s.all("RUN"):
             installs = " ".join(re.findall(r"(?:apt-get|apt) install([^&;]*)", run))
@@ -221,6 +222,40 @@ def test_environments_come_from_the_lock_files_make_test_uses() -> None:
     copied = {src for s in ("build", "build-serving")
               for _, srcs, _ in copies(DOCKERFILE.stages[s]) for src in srcs}
     assert {"uv.lock", "pyproject.toml", "serving/requirements.lock"} <= copied
+
+
+def _copied_env(target: str) -> str:
+    """The stage whose /app/.venv* the target copies."""
+    froms = [re.search(r"--from=(\S+)", args) for args in DOCKERFILE.stages[target].all("COPY")]
+    found = [m.group(1) for m in froms if m]
+    assert len(found) == 1, f"{target} copies from {found}"
+    return found[0]
+
+
+def test_only_the_trainer_gets_torch() -> None:
+    """The controller image carries no torch, matplotlib or CUDA: its venv is synced with
+    no extra; the trainer's adds `train` (torch) and nothing else."""
+    assert _copied_env("controller") == "build"
+    assert _copied_env("trainer") == "build-train"
+    assert _copied_env("model-server") == "build-serving"
+    assert DOCKERFILE.stages["build-train"].base == "build"
+    build = " ".join(DOCKERFILE.stages["build"].all("RUN"))
+    assert "--extra" not in build and "--all-extras" not in build
+    train = " ".join(DOCKERFILE.stages["build-train"].all("RUN"))
+    assert re.findall(r"--extra[ =](\S+)", train) == ["train"]
+    toml = (ROOT / "pyproject.toml").read_text()
+    base_deps = toml.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "torch" not in base_deps and "matplotlib" not in base_deps
+    assert re.search(r"^train = \[\s*\"torch", toml, re.M)
+
+
+def test_serving_environment_is_synced_into_its_own_venv() -> None:
+    """`uv pip sync` targets UV_PYTHON when set, and the build stage sets it to the base
+    interpreter: the serving sync must name /app/.venv-serving or it fills /usr/local."""
+    run = " ".join(DOCKERFILE.stages["build-serving"].all("RUN"))
+    assert "UV_PYTHON" in DOCKERFILE.env("build-serving")
+    assert re.search(r"UV_PYTHON=/app/\.venv-serving/bin/python uv pip sync\b"
+                     r"|uv pip sync --python[ =]/app/\.venv-serving", run), run
 
 
 # ----------------------------------------------------------- entry points import

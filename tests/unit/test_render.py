@@ -43,6 +43,8 @@ def test_two_predictors_during_a_rollout_with_logger() -> None:
     preds = sdep["spec"]["predictors"]
     assert sum(p["traffic"] for p in preds) == 100
     assert [p["labels"]["version"] for p in preds] == ["v1", "v2"]
+    # Seldon's executor fills predictor_version from the annotation, never the label.
+    assert [p["annotations"]["version"] for p in preds] == ["v1", "v2"]
     assert all(p["graph"]["logger"] == {"mode": "all", "url": SETTINGS.request_logger_url}
                for p in preds)
 

@@ -160,6 +160,8 @@ def test_choose_skips_zero_weights() -> None:
         ("Bearer s3cret-and-more", "s3cret", Auth.WRONG),
         ("Bearer s3cret", "s3cret", Auth.OK),
         ("bearer  s3cret ", "s3cret", Auth.OK),
+        ("Bearer s3cret\udce9", "s3cret", Auth.WRONG),  # a header byte that is not UTF-8
+        ("Bearer s3cr\u00e9t", "s3cret", Auth.WRONG),
     ],
 )
 def test_check_bearer(header: str | None, token: str | None, verdict: Auth) -> None:

@@ -1,0 +1,126 @@
+"""The operator watches what it owns instead of polling it.
+
+Fifty Experiments with ``backend: kubernetes`` (no node here: their Jobs never start)
+each get their Job; then the operator is quiet. Over a 20-second window its reconcilers
+send the API server nothing — no GET of a Job, no LIST of Pods, no write — because they
+read Jobs and Pods from the watches' cache (``controller.children``). A Job's status
+change, patched the way the Job controller writes it, reaches its Experiment within a
+couple of seconds: the Job's watch event woke the loop; the resync (60 s here, the
+default) had nothing to do with it.
+
+The operator runs as a process in the test's namespace, as the manifests' ServiceAccount:
+the watches on Jobs and Pods work with exactly the ClusterRole's ``list`` and ``watch``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from controller.processes import free_port
+from tests.support.clusterwide import admin_api, scrape
+from tests.support.gitrepo import experiment
+from tests.support.kube import Cluster, operator_process, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+N = 50
+QUIET_S = 20.0
+GROUP, VERSION = "mlops.trellis.dev", "v1alpha1"
+REQUESTS = "trellis_api_requests_total"
+GET_JOBS = f'{REQUESTS}{{resource="jobs",verb="get"}}'
+LIST_PODS = f'{REQUESTS}{{resource="pods",verb="list"}}'
+RECONCILED = 'trellis_reconciles_total{kind="Experiment",result="success"}'
+
+
+@pytest.fixture
+def metrics_port(operator_env: dict[str, str], namespace: str, tmp_path: Path
+                 ) -> Iterator[int]:
+    """``python -m controller -n <namespace>`` as the manifests' ServiceAccount."""
+    port = free_port()
+    env = {**operator_env, "TRELLIS_METRICS_PORT": str(port), "TRELLIS_WEBHOOK_PORT": "-1",
+           "TRELLIS_REQUEST_LOGGER_PORT": "-1", "TRELLIS_RESYNC_SECONDS": "60"}
+    with operator_process(env, tmp_path / "operator.log", ["-n", namespace]) as op:
+        try:
+            yield port
+        finally:
+            print(op.log()[-3000:])
+
+
+def requests(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(REQUESTS + "{")}
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def failed_status(now: str) -> dict:
+    """What the Job controller writes when a Job's pod failed past its backoff limit."""
+    cond = {"status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+            "lastTransitionTime": now, "lastProbeTime": now}
+    return {"status": {"startTime": now, "failed": 1, "conditions": [
+        {"type": "FailureTarget", **cond}, {"type": "Failed", **cond}]}}
+
+
+def test_owned_jobs_are_watched_not_polled(cluster: Cluster, namespace: str,
+                                           metrics_port: int) -> None:
+    api = admin_api(cluster)
+    objs = k8s.CustomObjectsApi(api)
+    batch = k8s.BatchV1Api(api)
+    items = []
+    for i in range(N):
+        exp = yaml.safe_load(experiment(f"exp-{i:02d}", namespace, gpu=0,
+                                        backend="kubernetes"))
+        exp["spec"]["retry"] = {"limit": 0}  # a failed run stays failed: no new Job
+        items.append(exp)
+    started = time.monotonic()
+    cluster.apply(items)
+
+    def converged() -> bool:
+        exps = objs.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                  "experiments")["items"]
+        steps = [((e.get("status") or {}).get("progress") or {}).get("step") for e in exps]
+        return steps.count("job") == N and len(batch.list_namespaced_job(namespace).items) == N
+    wait_for(converged, timeout=180, interval=1, what=f"{N} Jobs created and recorded")
+    converge_s = time.monotonic() - started
+    time.sleep(2)  # the last status writes' own watch events come back
+
+    before = scrape(metrics_port)
+    time.sleep(QUIET_S)
+    after = scrape(metrics_port)
+    sent = delta(requests(after), requests(before))
+    print(f"\n{N} Experiments converged in {converge_s:.1f}s; "
+          f"requests in {QUIET_S:.0f}s idle: {sent or 'none'}")
+    assert after[GET_JOBS] <= N, "one look per Job at most, when it was launched"
+    assert sent == {}, f"an idle operator asked the API server: {sent}"
+
+    # The Job controller's verdict reaches the Experiment through the watch.
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patched = time.monotonic()
+    batch.patch_namespaced_job_status("exp-07-g1-a1", namespace, failed_status(now))
+
+    def failed() -> dict | None:
+        exp = objs.get_namespaced_custom_object(GROUP, VERSION, namespace, "experiments",
+                                                "exp-07")
+        runs = (exp.get("status") or {}).get("runs") or []
+        return runs[-1] if runs and runs[-1].get("phase") == "Failed" else None
+    run = wait_for(failed, timeout=30, interval=0.1, what="the failed run on status")
+    took = time.monotonic() - patched
+    print(f"Job Failed -> Experiment status: {took:.2f}s")
+    assert "backoff limit" in run["message"]
+    assert took < 3.0, f"{took:.1f}s: the watch did not wake the Experiment's loop"
+    final = wait_for(lambda: (m := scrape(metrics_port))[RECONCILED] > after[RECONCILED] and m,
+                     timeout=10, what="the pass counted")
+    assert final[GET_JOBS] == after[GET_JOBS], "the change was read from the cache"
+    # ...but its Pods are listed once: their last words, which the Pods' own watch may
+    # not have delivered yet, go into the message written once.
+    assert final.get(LIST_PODS, 0) == 1
+    api.close()

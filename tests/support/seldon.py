@@ -1,0 +1,93 @@
+"""Seldon mode without Seldon Core: the test plays its part on the API server.
+
+No Seldon Core operator runs here, so tests install a minimal SeldonDeployment CRD,
+register model versions on the Experiment's status by hand (nothing trains), mark the
+SeldonDeployment Available as Seldon would, and record executor metrics in a Prometheus
+stand-in (``tests.support.fake_prometheus``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.support.fake_prometheus import FakePrometheus
+from tests.support.kube import Cluster, wait_for
+from tests.support.specs import base
+
+CRD = Path(__file__).resolve().parent / "crds" / "seldondeployment.yaml"
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "-f", str(CRD))
+
+
+def register(cluster: Cluster, ns: str, *versions: int,
+             reference_uri: str | None = None) -> None:
+    """Model versions on the Experiment's status, as a finished training run leaves them."""
+    models = [{"version": v, "artifactUri": f"s3://farm-models/classifier/{v}",
+               "run": f"PumpkinFlow/{v}", "createdAt": "2026-11-27T00:00:00Z",
+               **({"referenceUri": reference_uri} if reference_uri else {})}
+              for v in versions]
+    cluster.kubectl("patch", "exp", "classifier", "-n", ns, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {"models": models}}))
+
+
+def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = None,
+                  reference_uri: str | None = None) -> None:
+    """An Experiment with v1 registered and a seldon-backend ModelDeployment of it."""
+    exp = base("Experiment")
+    exp["spec"]["flow"]["file"] = "flows/not-here.py"  # nothing trains in these tests
+    cluster.apply(exp, ns)
+    register(cluster, ns, 1, reference_uri=reference_uri)
+    mdep = base("ModelDeployment")
+    mdep["spec"]["backend"] = "seldon"
+    mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": "2s",
+                              "analysis": {"minRequests": 10, "maxErrorRate": 0.05,
+                                           "maxLatencyP99Ms": 500, "maxPredictionShift": 0.3}}
+    mdep["spec"]["drift"] = drift or {"enabled": False}
+    cluster.apply(mdep, ns)
+
+
+def predictors(cluster: Cluster, ns: str) -> list[tuple[str, str, int]]:
+    sdep = cluster.get("sdep", "classifier", ns)
+    if not sdep:
+        return []
+    return [(p["name"], p["labels"]["version"], p["traffic"]) for p in sdep["spec"]["predictors"]]
+
+
+def mark_available(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("patch", "sdep", "classifier", "-n", ns, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {
+                        "state": "Available",
+                        "address": {"url": f"http://seldon.farm/seldon/{ns}/classifier"}}}))
+
+
+def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
+    return (cluster.get("mdep", "classifier", ns) or {}).get("status") or {}
+
+
+def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
+                    timeout: float = 30) -> None:
+    """Wait for the SeldonDeployment's traffic split and, mid-rollout, for the step to be
+    on status with its counters baseline: traffic recorded before the operator has read
+    the baseline would fall outside the step's window, as requests do in a real cluster
+    in the moment between a weight change and the baseline read.
+    """
+    wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
+             what=f"predictors {expected}")
+    weights = dict((name, weight) for name, _, weight in expected)
+    if "canary" in weights:
+        def step_recorded() -> bool:
+            canary = mdep_status(cluster, ns).get("canary") or {}
+            return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
+        wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
+
+
+def traffic(prom: FakePrometheus, canary: int, stable: int, *, errors: int = 0,
+            canary_latency: float = 0.02) -> None:
+    """A window's worth of requests to both predictors, as Seldon's executor counts them."""
+    prom.record("canary", canary, ok=20, errors=errors, latency_s=canary_latency)
+    prom.record("stable", stable, ok=80)
