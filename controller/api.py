@@ -85,6 +85,7 @@ class Reason:
     VERSION_REJECTED: Final = "VersionRejected"
     DEPLOYING: Final = "Deploying"
     SERVING: Final = "Serving"
+    SERVING_FAILED: Final = "ServingFailed"
     CANARY_STARTED: Final = "CanaryStarted"
     CANARY_ADVANCED: Final = "CanaryAdvanced"
     CANARY_PROMOTED: Final = "CanaryPromoted"
@@ -119,5 +120,6 @@ class Phase:
     # ModelDeployment
     DEPLOYING: Final = "Deploying"
     SERVING: Final = "Serving"
+    SERVING_FAILED: Final = "ServingFailed"
     PROGRESSING: Final = "Progressing"
     DEGRADED: Final = "Degraded"

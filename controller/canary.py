@@ -136,6 +136,12 @@ def analyse(policy: Policy, canary: Window, stable: Window | None) -> Analysis:
     return Analysis("pass", detail, **base)
 
 
+def serving_failed(message: str) -> Analysis:
+    """The verdict on a canary whose serving system gave up (Seldon state Failed): it
+    fails its step whatever its metrics say, so the rollout returns to stable."""
+    return Analysis("fail", message, 0, 0.0, None, None)
+
+
 def seconds_since(iso: str | None, now: dt.datetime) -> float:
     then = parse_time(iso)
     return float("inf") if then is None else (now - then).total_seconds()

@@ -55,6 +55,16 @@ class Settings:
     # Where this operator receives those CloudEvents (0: a free port, < 0: off).
     request_logger_port: int = 8081
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # The labels canary queries select Seldon's executor series by. The executor exports
+    # `deployment_name`; `namespace` exists only when the scrape adds it (a PodMonitor or
+    # the standard kubernetes-pods job; Seldon's analytics chart names it
+    # `kubernetes_namespace`). Empty: that label is not filtered on.
+    prometheus_namespace_label: str = "namespace"
+    prometheus_deployment_label: str = "deployment_name"
+    # The ingress (Istio/Ambassador) base URL that serves Seldon's traffic split at
+    # <gateway>/seldon/<ns>/<name>/api/v1.0/predictions. Empty: status shows Seldon's own
+    # address, the first predictor's Service, which bypasses the split.
+    seldon_gateway_url: str = ""
     # Seconds between drift checks of a deployment while new inputs arrive.
     drift_interval_seconds: float = 5.0
     # Labelled live inputs since a drift onset before a drift-triggered retrain starts.

@@ -16,16 +16,17 @@ import logging
 from typing import Any
 
 from controller import api, conditions
-from controller.canary import Analysis, Policy, analyse, seconds_since, weights
+from controller.canary import Analysis, Policy, analyse, seconds_since, serving_failed, weights
 from controller.context import Context
 from controller.failures import MetricsUnavailable
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
-from controller.loop import Outcome
+from controller.loop import Event, Outcome
 from controller.metrics import Count
 from controller.rollout import Plan, canary_due, plan, select_target
 from controller.serving.drivers import LocalDriver, SeldonDriver, ServingDriver, ServingState
 from controller.serving.metrics_source import (
     Counters,
+    LabelScheme,
     LocalScrape,
     MetricsSource,
     PrometheusQuery,
@@ -44,7 +45,9 @@ class ModelDeploymentReconciler:
         self.drivers: dict[str, ServingDriver] = {}
         self.sources: dict[str, MetricsSource] = {
             "local": LocalScrape(),
-            "seldon": PrometheusQuery(ctx.settings.prometheus_url),
+            "seldon": PrometheusQuery(ctx.settings.prometheus_url, LabelScheme(
+                ctx.settings.prometheus_namespace_label,
+                ctx.settings.prometheus_deployment_label)),
         }
         self.drift = None
         self.receiver = None
@@ -104,9 +107,12 @@ class ModelDeploymentReconciler:
         target = select_target(spec, models, status.get("rejectedVersions") or [], gen)
 
         analysis, observed = None, None
-        if canary_due(status.get("canary"), policy, now) and status.get("endpoint"):
+        seen = await self.driver(backend).observe(obj)
+        if status.get("canary") and seen is not None and seen.health == "failed":
+            analysis = serving_failed(seen.message)  # roll back to stable, metrics or not
+        elif canary_due(status.get("canary"), policy, now) and status.get("endpoint"):
             # Unreadable metrics raise MetricsUnavailable: the step holds, nothing decided.
-            analysis, observed = await self._analyse(obj, status, policy, backend)
+            analysis, observed = await self._analyse(obj, status, policy, backend, now)
         p = plan(status, target, policy, gen, analysis, now)
 
         predictors = _predictors(p)
@@ -126,12 +132,19 @@ class ModelDeploymentReconciler:
             p.canary["baseline"] = observed
         elif p.canary is not None and (p.needs_baseline or not p.canary.get("baseline")):
             if serving.ready:
-                p.canary["baseline"] = await self._baseline(obj, serving, p, backend)
+                p.canary["baseline"] = await self._baseline(obj, serving, p, backend, now)
                 p.canary["stepStartedAt"] = conditions.now_iso(now)
             else:
                 p.canary.pop("baseline", None)
 
         status.update(self._rollout_status(p, serving))
+        for key, value in (serving.status or {}).items():
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = value
+        if serving.failed and _reason(status) != api.Reason.SERVING_FAILED:
+            p.events.append(Event(api.Reason.SERVING_FAILED, serving.message, "Warning"))
         status["conditions"] = self._conditions(status, p, serving, target, gen)
         status["phase"] = _phase(p, serving)
         outcome = Outcome(status, list(p.events),
@@ -154,18 +167,25 @@ class ModelDeploymentReconciler:
 
     # ------------------------------------------------------------------ steps
     async def _analyse(self, obj: dict[str, Any], status: dict[str, Any], policy: Policy,
-                       backend: str) -> tuple[Analysis, dict[str, Any]]:
-        """The verdict on the current step, and the counters it was read at."""
+                       backend: str, now: dt.datetime) -> tuple[Analysis, dict[str, Any]]:
+        """The verdict on the current step, and where the next step's window begins."""
         source = self.sources[backend]
         canary, stable = status["canary"], status.get("stable")
         baseline = canary.get("baseline") or {}
         probe = {**obj, "status": status}
+        since = conditions.parse_time(baseline.get("windowStart") or canary.get("stepStartedAt"))
         try:
-            now_c = await source.counters(probe, "canary", canary["version"])
-            now_s = await source.counters(probe, "stable", stable["version"]) if stable else None
+            now_c = await source.counters(probe, "canary", canary["version"], since=since,
+                                          until=now)
+            now_s = (await source.counters(probe, "stable", stable["version"], since=since,
+                                           until=now) if stable else None)
         except MetricsUnavailable as exc:
             raise MetricsUnavailable(f"canary analysis of v{canary['version']} at "
                                      f"{canary.get('weight')}% is on hold: {exc}") from exc
+        if source.windowed:  # the answers are the window already
+            stable_w = window(now_s, None) if now_s is not None else None
+            return (analyse(policy, window(now_c, None), stable_w),
+                    {"windowStart": conditions.now_iso(now)})
         canary_w = window(now_c, Counters.from_dict(baseline.get("canary")))
         observed = {"canary": now_c.to_dict()}
         stable_w = None
@@ -175,8 +195,10 @@ class ModelDeploymentReconciler:
         return analyse(policy, canary_w, stable_w), observed
 
     async def _baseline(self, obj: dict[str, Any], serving: ServingState, p: Plan,
-                        backend: str) -> dict[str, Any]:
+                        backend: str, now: dt.datetime) -> dict[str, Any]:
         source = self.sources[backend]
+        if source.windowed:  # Prometheus answers for any window: only its start is kept
+            return {"windowStart": conditions.now_iso(now)}
         probe = {**obj, "status": {**(obj.get("status") or {}), "endpoint": serving.endpoint}}
         out: dict[str, Any] = {}
         try:
@@ -215,7 +237,10 @@ class ModelDeploymentReconciler:
                     gen: int) -> list[dict[str, Any]]:
         conds = status.get("conditions")
         stable_v = p.stable["version"] if p.stable else None
-        if serving.ready:
+        if serving.failed:
+            conds = conditions.set_condition(conds, api.Cond.READY, False,
+                                             api.Reason.SERVING_FAILED, serving.message, gen)
+        elif serving.ready:
             msg = f"serving v{stable_v} at {serving.endpoint}"
             if p.canary:
                 msg += f"; canary v{p.canary['version']} at {p.canary['weight']}%"
@@ -303,7 +328,14 @@ def _predictors(p: Plan) -> list[Predictor]:
             for name, entry in (("stable", p.stable), ("canary", p.canary)) if entry]
 
 
+def _reason(status: dict[str, Any]) -> str | None:
+    ready = conditions.find(status.get("conditions"), api.Cond.READY)
+    return ready.get("reason") if ready else None
+
+
 def _phase(p: Plan, serving: ServingState) -> str:
+    if serving.failed:
+        return api.Phase.FAILED
     if not serving.ready:
         return api.Phase.DEPLOYING if p.decision == "deploy" or not p.stable else \
             api.Phase.DEGRADED

@@ -18,8 +18,17 @@ from controller.schema import spec_section
 from controller.serving import seldon
 from controller.serving.requestlog_read import deployment_log_dir
 from controller.serving.seldon import Predictor
+from controller.serving.seldon_status import (
+    PREDICTIONS_PATH,
+    Assessment,
+    assess,
+    caught_up,
+    endpoint,
+    pending_write,
+    pods_change,
+)
 
-PREDICTIONS_PATH = "/api/v1.0/predictions"
+PENDING_WRITE = "seldonWrite"  # status key: the SeldonDeployment write still awaited
 
 
 @dataclass(frozen=True)
@@ -30,11 +39,18 @@ class ServingState:
     # Whether a change in serving wakes the loop (a watched SeldonDeployment); if not,
     # the loop looks again while serving is not ready.
     watched: bool = False
+    failed: bool = False  # the serving system gave up (Seldon state Failed)
+    # Status entries the backend keeps across passes (key -> value, None removes).
+    status: dict[str, Any] | None = None
 
 
 class ServingDriver(Protocol):
     async def apply(self, mdep: dict[str, Any], predictors: list[Predictor], *,
                     drift_logging: bool, auth_token: str | None) -> ServingState: ...
+
+    async def observe(self, mdep: dict[str, Any]) -> Assessment | None:
+        """What serving reports now, before anything is written (None: nothing to say)."""
+        ...
 
     async def teardown(self, mdep: dict[str, Any]) -> None: ...
 
@@ -73,6 +89,9 @@ class LocalDriver:
         message = "; ".join(unhealthy) if unhealthy else "all predictors healthy"
         return ServingState(observed.endpoint + PREDICTIONS_PATH, observed.ready, message)
 
+    async def observe(self, mdep: dict[str, Any]) -> Assessment | None:
+        return None  # local processes are restarted, never left failed
+
     async def teardown(self, mdep: dict[str, Any]) -> None:
         meta = mdep["metadata"]
         await self.backend.teardown(meta["namespace"], meta["name"])
@@ -94,23 +113,32 @@ class SeldonDriver:
                     drift_logging: bool, auth_token: str | None) -> ServingState:
         desired = seldon.render(mdep, predictors, self.ctx.settings, drift_logging=drift_logging)
         meta = mdep["metadata"]
+        pending = (mdep.get("status") or {}).get(PENDING_WRITE)
         seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
         current, watched = seen.obj, seen.watched
         if current is None or _differs(current, desired):
+            # A write to a failed SeldonDeployment (the canary rolled back) waits for
+            # Seldon's verdict on it too: its Failed state predates the write.
+            changed = pods_change(current, desired) or (
+                current is not None and assess(current, pending).health == "failed")
             current = await self.ctx.kube.apply(desired)
             self.ctx.children.note(SELDON_DEPLOYMENTS, current)
             watched = False  # until a watch delivers what we wrote
-        state = (current.get("status") or {}).get("state")
-        address = ((current.get("status") or {}).get("address") or {}).get("url")
-        endpoint = (address.rstrip("/") + PREDICTIONS_PATH if address else
-                    f"http://seldon-gateway/seldon/{meta['namespace']}/{meta['name']}"
-                    f"{PREDICTIONS_PATH}")
-        if state == "Available":
-            return ServingState(endpoint, True, "SeldonDeployment Available", watched)
-        detail = (current.get("status") or {}).get("description") or ""
-        return ServingState(endpoint, False, f"waiting for Seldon Core: state "
-                            f"{state or 'not reported yet'}{': ' + detail if detail else ''}",
-                            watched)
+            pending = pending_write(pending, changed, current)
+        seen_now = assess(current, pending)
+        if caught_up(current, pending):
+            pending = None  # Seldon's status describes our spec from now on
+        url = endpoint(current, self.ctx.settings.seldon_gateway_url)
+        return ServingState(url, seen_now.health == "available", seen_now.message, watched,
+                            failed=seen_now.health == "failed",
+                            status={PENDING_WRITE: pending})
+
+    async def observe(self, mdep: dict[str, Any]) -> Assessment | None:
+        meta = mdep["metadata"]
+        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        if seen.obj is None:
+            return None
+        return assess(seen.obj, (mdep.get("status") or {}).get(PENDING_WRITE))
 
     async def teardown(self, mdep: dict[str, Any]) -> None:
         meta = mdep["metadata"]

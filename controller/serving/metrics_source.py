@@ -1,13 +1,14 @@
 """Where canary analysis gets its numbers: one interface, two implementations.
 
-Both read *cumulative* counters per predictor and version — requests, server errors,
-the latency histogram, predicted classes — so a step's window is the difference
-between the counters now and the baseline taken when the step started (kept on
-``status.canary.baseline``, so a restarted operator resumes the same window).
+Both count requests, server errors, the latency histogram and predicted classes per
+predictor and version over a step's window; ``status.canary.baseline`` keeps where the
+window began, so a restarted operator resumes the same window.
 
-- ``LocalScrape`` scrapes the local router's ``/metrics`` (Prometheus text).
-- ``PrometheusQuery`` asks a Prometheus server for the same series that Seldon Core's
-  executor and our model server export in a cluster.
+- ``LocalScrape`` scrapes the local router's ``/metrics`` (Prometheus text): cumulative
+  counters, differenced against the baseline counters taken when the step started.
+- ``PrometheusQuery`` asks a Prometheus server for ``increase()`` over the window of the
+  series that Seldon Core's executor and our model server export in a cluster (the
+  baseline is the window's start time).
 
 Either raises ``MetricsUnavailable`` (transient, by intent) when its numbers cannot be
 read, never a bare aiohttp error: the reconcile loop puts that on the object.
@@ -16,6 +17,7 @@ read, never a bare aiohttp error: the reconcile loop puts that on the object.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -90,8 +92,13 @@ def window(now: Counters, baseline: Counters | None) -> Window:
 
 
 class MetricsSource(Protocol):
-    async def counters(self, deployment: dict[str, Any], predictor: str,
-                       version: int) -> Counters: ...
+    # True: ``counters`` answers for the window ``since``..``until`` (no baseline needed);
+    # False: cumulative counters, differenced against the step's baseline.
+    windowed: bool
+
+    async def counters(self, deployment: dict[str, Any], predictor: str, version: int, *,
+                       since: dt.datetime | None = None,
+                       until: dt.datetime | None = None) -> Counters: ...
 
 
 # ----------------------------------------------------------------------- local
@@ -120,11 +127,14 @@ def parse_router_metrics(text: str, predictor: str, version: int) -> Counters:
 class LocalScrape:
     """Scrapes the router whose metrics URL the serving backend reports on status."""
 
+    windowed = False
+
     def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def counters(self, deployment: dict[str, Any], predictor: str,
-                       version: int) -> Counters:
+    async def counters(self, deployment: dict[str, Any], predictor: str, version: int, *,
+                       since: dt.datetime | None = None,
+                       until: dt.datetime | None = None) -> Counters:
         from controller.serving.drivers import base_url
 
         endpoint = (deployment.get("status") or {}).get("endpoint") or ""
@@ -144,55 +154,89 @@ SELDON_REQUESTS = "seldon_api_executor_server_requests_seconds"
 PREDICTIONS = "trellis_predictions_total"
 
 
+@dataclass(frozen=True)
+class LabelScheme:
+    """Which labels select one deployment's series. Seldon's executor exports
+    ``deployment_name``, ``predictor_name``, ``predictor_version`` and ``service``;
+    a namespace label exists only if the scrape adds one (empty: not filtered on)."""
+
+    namespace: str = "namespace"
+    deployment: str = "deployment_name"
+
+
+def window_queries(scheme: LabelScheme, namespace: str, name: str, predictor: str,
+                   version: int, range_ms: int) -> dict[str, str]:
+    """The PromQL for one predictor version over the last ``range_ms`` (pure).
+
+    ``increase()`` handles counter resets (a restarted pod); ``service="predictions"``
+    leaves out feedback, health and metadata calls on the same histogram."""
+    sel = [f'{scheme.deployment}="{name}"', f'predictor_name="{predictor}"',
+           f'predictor_version="v{version}"']
+    if scheme.namespace:
+        sel.insert(0, f'{scheme.namespace}="{namespace}"')
+    served = ",".join([*sel, 'service="predictions"'])
+    rng = f"[{max(1, int(range_ms))}ms]"
+    return {
+        "requests": f"sum by (code) (increase({SELDON_REQUESTS}_count{{{served}}}{rng}))",
+        "buckets": f"sum by (le) (increase({SELDON_REQUESTS}_bucket{{{served}}}{rng}))",
+        "classes": f"sum by (class) (increase({PREDICTIONS}{{{','.join(sel)}}}{rng}))",
+    }
+
+
 class PrometheusQuery:
     """Instant queries against Prometheus for Seldon Core's executor series.
 
-    Seldon labels its executor metrics with ``deployment_name``, ``predictor_name`` and
-    ``predictor_version`` (the predictor's ``version`` annotation, which we set to ``vN``).
+    Windowed: each answer is what happened between ``since`` and ``until`` (the step's
+    start and the analysis' clock), so the reconciler needs no counters baseline.
     """
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    windowed = True
+
+    def __init__(self, base_url: str, scheme: LabelScheme | None = None,
+                 timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.scheme = scheme or LabelScheme()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    def selector(self, deployment: dict[str, Any], predictor: str, version: int) -> str:
-        meta = deployment["metadata"]
-        return (f'namespace="{meta["namespace"]}",deployment_name="{meta["name"]}",'
-                f'predictor_name="{predictor}",predictor_version="v{version}"')
-
-    async def _query(self, session: aiohttp.ClientSession, promql: str) -> list[dict]:
-        async with session.get(f"{self.base_url}/api/v1/query", params={"query": promql}) as r:
+    async def _query(self, session: aiohttp.ClientSession, promql: str,
+                     at: dt.datetime) -> list[dict]:
+        params = {"query": promql, "time": f"{at.timestamp():.3f}"}
+        async with session.get(f"{self.base_url}/api/v1/query", params=params) as r:
             r.raise_for_status()
             body = await r.json()
         if body.get("status") != "success":
             raise ValueError(f"query {promql!r} failed: {body.get('error', body)}")
         return body["data"]["result"]
 
-    async def counters(self, deployment: dict[str, Any], predictor: str,
-                       version: int) -> Counters:
+    async def counters(self, deployment: dict[str, Any], predictor: str, version: int, *,
+                       since: dt.datetime | None = None,
+                       until: dt.datetime | None = None) -> Counters:
         try:
-            return await self._counters(deployment, predictor, version)
+            return await self._counters(deployment, predictor, version, since, until)
         except READ_ERRORS as exc:
             raise MetricsUnavailable(f"Prometheus at {self.base_url} cannot be queried: "
                                      f"{_said(exc)}") from exc
 
-    async def _counters(self, deployment: dict[str, Any], predictor: str,
-                        version: int) -> Counters:
-        sel = self.selector(deployment, predictor, version)
+    async def _counters(self, deployment: dict[str, Any], predictor: str, version: int,
+                        since: dt.datetime | None, until: dt.datetime | None) -> Counters:
+        until = until or dt.datetime.now(dt.UTC)
+        if since is None or since >= until:
+            return Counters()  # an empty window
+        meta = deployment["metadata"]
+        range_ms = math.ceil((until - since).total_seconds() * 1000)
+        q = window_queries(self.scheme, meta["namespace"], meta["name"], predictor, version,
+                           range_ms)
         out = Counters()
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            requests = f"sum by (code) ({SELDON_REQUESTS}_count{{{sel}}})"
-            buckets = f"sum by (le) ({SELDON_REQUESTS}_bucket{{{sel}}})"
-            classes = f"sum by (class) ({PREDICTIONS}{{{sel}}})"
-            for row in await self._query(session, requests):
-                value = int(float(row["value"][1]))
+            for row in await self._query(session, q["requests"], until):
+                value = round(float(row["value"][1]))
                 out.requests += value
                 if row["metric"].get("code", "").startswith("5"):
                     out.errors += value
-            for row in await self._query(session, buckets):
+            for row in await self._query(session, q["buckets"], until):
                 out.buckets[row["metric"]["le"]] = float(row["value"][1])
-            for row in await self._query(session, classes):
-                out.classes[row["metric"].get("class", "?")] = int(float(row["value"][1]))
+            for row in await self._query(session, q["classes"], until):
+                out.classes[row["metric"].get("class", "?")] = round(float(row["value"][1]))
         return out
 
 

@@ -23,6 +23,7 @@ from tests.support.clusterwide import scrape
 from tests.support.fake_prometheus import FakePrometheus
 from tests.support.kube import Cluster, condition, wait_for
 from tests.support.seldon import (
+    address,
     install_crd,
     mark_available,
     mdep_status,
@@ -45,8 +46,9 @@ def metrics_port(operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def prometheus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePrometheus]:
-    prom = FakePrometheus().start()
+def prometheus(monkeypatch: pytest.MonkeyPatch, namespace: str) -> Iterator[FakePrometheus]:
+    # the namespace label, as a PodMonitor or the kubernetes-pods scrape adds it
+    prom = FakePrometheus(common_labels={"namespace": namespace}).start()
     monkeypatch.setenv("TRELLIS_PROMETHEUS_URL", prom.url)
     yield prom
     prom.stop()
@@ -144,7 +146,7 @@ def test_unreadable_model_reference_stalls_but_keeps_serving(
     assert (stalled["status"], stalled["reason"]) == ("True", "ModelUnreadable")
     assert stalled["message"] == ready["message"]
     st = obj["status"]  # the rollout's own progress is on status all the same
-    assert st["stableVersion"] == "v1" and st["endpoint"].startswith("http://seldon.farm/")
+    assert st["stableVersion"] == "v1" and st["endpoint"] == address(namespace)
     time.sleep(6)  # a retry (permanent: about one resync): no new write, no new Event
     assert cluster.get("mdep", "classifier", namespace)["metadata"]["resourceVersion"] == \
         obj["metadata"]["resourceVersion"]

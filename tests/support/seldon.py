@@ -2,8 +2,8 @@
 
 No Seldon Core operator runs here, so tests install a minimal SeldonDeployment CRD,
 register model versions on the Experiment's status by hand (nothing trains), mark the
-SeldonDeployment Available as Seldon would, and record executor metrics in a Prometheus
-stand-in (``tests.support.fake_prometheus``).
+SeldonDeployment Available (or Failed) with the status Seldon 1.17.1 writes, and record
+executor metrics in a Prometheus stand-in (``tests.support.fake_prometheus``).
 """
 
 from __future__ import annotations
@@ -58,11 +58,39 @@ def predictors(cluster: Cluster, ns: str) -> list[tuple[str, str, int]]:
     return [(p["name"], p["labels"]["version"], p["traffic"]) for p in sdep["spec"]["predictors"]]
 
 
-def mark_available(cluster: Cluster, ns: str) -> None:
+def address(ns: str, name: str = "classifier", predictor: str = "stable") -> str:
+    """Seldon 1.17.1's ``status.address.url``: the first predictor's own Service, path
+    included (``createAddressableResource``)."""
+    return (f"http://{name}-{predictor}.{ns}.svc.cluster.local:8000"
+            "/api/v1.0/predictions")
+
+
+def _seldon_status(cluster: Cluster, ns: str, state: str, description: str = "") -> None:
+    """Write status as Seldon Core's operator does after reconciling the current spec:
+    state, description, the address of the first predictor, one Deployment per predictor."""
+    sdep = cluster.get("sdep", "classifier", ns)
+    preds = sdep["spec"]["predictors"]
+    ready = state == "Available"
+    deployments = {f"classifier-{p['name']}-0-classifier": {
+        "replicas": p.get("replicas", 1),
+        "availableReplicas": p.get("replicas", 1) if ready else 0} for p in preds}
+    status = {"state": state, "description": description,
+              "address": {"url": address(ns, predictor=preds[0]["name"])},
+              "deploymentStatus": deployments, "replicas": preds[0].get("replicas", 1)}
     cluster.kubectl("patch", "sdep", "classifier", "-n", ns, "--subresource=status",
-                    "--type=merge", "-p", json.dumps({"status": {
-                        "state": "Available",
-                        "address": {"url": f"http://seldon.farm/seldon/{ns}/classifier"}}}))
+                    "--type=merge", "-p", json.dumps({"status": status}))
+
+
+def mark_available(cluster: Cluster, ns: str) -> None:
+    """Seldon Core has rolled out the current spec."""
+    _seldon_status(cluster, ns, "Available")
+
+
+def mark_failed(cluster: Cluster, ns: str,
+                description: str = "Deployment is no longer progressing and not available."
+                ) -> None:
+    """Seldon Core gave up on the current spec (its words for a stuck Deployment)."""
+    _seldon_status(cluster, ns, "Failed", description)
 
 
 def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
@@ -71,15 +99,16 @@ def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
 
 def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
                     timeout: float = 30) -> None:
-    """Wait for the SeldonDeployment's traffic split and, mid-rollout, for the step to be
-    on status with its counters baseline: traffic recorded before the operator has read
-    the baseline would fall outside the step's window, as requests do in a real cluster
-    in the moment between a weight change and the baseline read.
+    """Wait for the SeldonDeployment's traffic split and, mid-rollout, have Seldon report
+    it Available, then wait for the step to be on status with its window's start: traffic
+    recorded before that would fall outside the step's window, as requests do in a real
+    cluster in the moment between a weight change and the step's start.
     """
     wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
              what=f"predictors {expected}")
     weights = dict((name, weight) for name, _, weight in expected)
     if "canary" in weights:
+        mark_available(cluster, ns)
         def step_recorded() -> bool:
             canary = mdep_status(cluster, ns).get("canary") or {}
             return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
@@ -87,7 +116,9 @@ def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, in
 
 
 def traffic(prom: FakePrometheus, canary: int, stable: int, *, errors: int = 0,
-            canary_latency: float = 0.02) -> None:
-    """A window's worth of requests to both predictors, as Seldon's executor counts them."""
-    prom.record("canary", canary, ok=20, errors=errors, latency_s=canary_latency)
+            canary_latency: float = 0.02, feedback_errors: int = 0) -> None:
+    """A window's worth of requests to both predictors, as Seldon's executor counts them
+    (failed feedback calls land on the same histogram, under ``service="feedback"``)."""
+    prom.record("canary", canary, ok=20, errors=errors, latency_s=canary_latency,
+                feedback_errors=feedback_errors)
     prom.record("stable", stable, ok=80)
