@@ -33,7 +33,8 @@ def main() -> int:
     report = []
     for gateway in ("seldon", "ambassador", "istio"):
         client = SeldonClient(gateway=gateway, transport="rest", gateway_endpoint=endpoint,
-                              deployment_name=name, namespace=namespace)
+                              deployment_name=name, namespace=namespace,
+                              client_return_type="proto")  # feedback takes the protos back
         for kind in ("ndarray", "tensor"):
             predicted = client.predict(data=images, payload_type=kind)
             entry = {"gateway": gateway, "kind": kind, "success": predicted.success,
