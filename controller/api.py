@@ -50,7 +50,8 @@ MANAGED_BY: Final = "trellis"
 
 
 class Cond:
-    """Condition types. Ready is the summary; the others exist while they are true."""
+    """Condition types. Ready is the summary; the others exist while they are true, but
+    RequestLogging, which exists while drift logging is on (False: records are dropped)."""
 
     READY: Final = "Ready"
     STALLED: Final = "Stalled"
@@ -58,6 +59,7 @@ class Cond:
     DRIFT_DETECTED: Final = "DriftDetected"
     ROLLED_BACK: Final = "RolledBack"
     ACCURACY_DEGRADED: Final = "AccuracyDegraded"
+    REQUEST_LOGGING: Final = "RequestLogging"
 
 
 class Reason:
@@ -94,6 +96,8 @@ class Reason:
     DRIFT_DETECTED: Final = "DriftDetected"
     DRIFT_CLEARED: Final = "DriftCleared"
     ACCURACY_BELOW_OBJECTIVE: Final = "AccuracyBelowObjective"
+    LOGGING: Final = "Logging"
+    LOG_FULL: Final = "LogFull"
     # SpecRepository
     SYNCED: Final = "Synced"
     FETCH_FAILED: Final = "FetchFailed"

@@ -22,6 +22,7 @@ from controller.failures import MetricsUnavailable
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Event, Outcome
 from controller.metrics import Count
+from controller.request_logging import LogState, logging_conditions
 from controller.rollout import Plan, canary_due, plan, select_target
 from controller.serving.drivers import LocalDriver, SeldonDriver, ServingDriver, ServingState
 from controller.serving.metrics_source import (
@@ -146,6 +147,12 @@ class ModelDeploymentReconciler:
         if serving.failed and _reason(status) != api.Reason.SERVING_FAILED:
             p.events.append(Event(api.Reason.SERVING_FAILED, serving.message, "Warning"))
         status["conditions"] = self._conditions(status, p, serving, target, gen)
+        if drift_on and backend == "local" and serving.ready:
+            log_state = await self._log_state(obj, serving)
+            status["conditions"] = logging_conditions(status["conditions"], log_state, gen)
+        elif not drift_on:
+            status["conditions"] = conditions.remove_condition(status["conditions"],
+                                                               api.Cond.REQUEST_LOGGING)
         status["phase"] = _phase(p, serving)
         outcome = Outcome(status, list(p.events),
                           requeue_after=self._requeue(p, policy, serving, obj, now),
@@ -209,6 +216,18 @@ class ModelDeploymentReconciler:
             raise MetricsUnavailable(f"canary v{p.canary['version']} cannot start its step at "
                                      f"{p.canary['weight']}%: {exc}") from exc
         return out
+
+    async def _log_state(self, obj: dict[str, Any], serving: ServingState) -> LogState | None:
+        """What the local router says of its request log; None (condition kept) when its
+        metrics cannot be read: the rollout's pass goes on without it."""
+        source = self.sources["local"]
+        assert isinstance(source, LocalScrape)
+        try:
+            return await source.log_state({**obj, "status": {"endpoint": serving.endpoint}})
+        except MetricsUnavailable as exc:
+            log.info("request-log state of %s unknown this pass: %s",
+                     obj["metadata"]["name"], exc)
+            return None
 
     async def _auth_token(self, obj: dict[str, Any]) -> str | None:
         auth = (obj.get("spec") or {}).get("auth")

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.canary import Window
 from controller.failures import MetricsUnavailable
+from controller.request_logging import LogState
 
 # What a metrics read fails with when the server is down, slow or answers nonsense.
 READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError)
@@ -124,6 +125,23 @@ def parse_router_metrics(text: str, predictor: str, version: int) -> Counters:
     return out
 
 
+def parse_log_state(text: str) -> LogState:
+    """The request log's state out of the router's Prometheus text."""
+    values: dict[str, float] = {}
+    dropped = {"request": 0, "feedback": 0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "trellis_router_log_dropped_total":
+                kind = sample.labels.get("kind", "")
+                dropped[kind] = dropped.get(kind, 0) + int(sample.value)
+            else:
+                values[sample.name] = sample.value
+    return LogState(full=values.get("trellis_router_log_full", 0.0) >= 1.0,
+                    dropped_requests=dropped["request"], dropped_feedback=dropped["feedback"],
+                    used_bytes=int(values.get("trellis_router_log_bytes", 0)),
+                    max_bytes=int(values.get("trellis_router_log_max_bytes", 0)))
+
+
 class LocalScrape:
     """Scrapes the router whose metrics URL the serving backend reports on status."""
 
@@ -135,6 +153,12 @@ class LocalScrape:
     async def counters(self, deployment: dict[str, Any], predictor: str, version: int, *,
                        since: dt.datetime | None = None,
                        until: dt.datetime | None = None) -> Counters:
+        return parse_router_metrics(await self._scrape(deployment), predictor, version)
+
+    async def log_state(self, deployment: dict[str, Any]) -> LogState:
+        return parse_log_state(await self._scrape(deployment))
+
+    async def _scrape(self, deployment: dict[str, Any]) -> str:
         from controller.serving.drivers import base_url
 
         endpoint = (deployment.get("status") or {}).get("endpoint") or ""
@@ -143,7 +167,7 @@ class LocalScrape:
             async with aiohttp.ClientSession(timeout=self.timeout) as session, \
                     session.get(url) as resp:
                 resp.raise_for_status()
-                return parse_router_metrics(await resp.text(), predictor, version)
+                return await resp.text()
         except READ_ERRORS as exc:
             raise MetricsUnavailable(f"the router's metrics at {url} cannot be read: "
                                      f"{_said(exc)}") from exc

@@ -9,7 +9,7 @@ acknowledged label survives a router crash (a reader skips a torn last line).
 A byte bound keeps the log from filling the disk: the oldest unlabelled requests go
 first (a chunk without labels is deleted, a partly labelled one is rewritten with only
 its labelled rows); only when everything left is labelled does a write fail with
-:class:`StorageFull` (the router answers 507).
+:class:`StorageFull` (the router then drops the record and answers anyway).
 """
 
 from __future__ import annotations

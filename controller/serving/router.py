@@ -1,16 +1,22 @@
 """The local serving endpoint: Seldon's REST API in front of stable and canary predictors.
 
 ``python -m controller.serving.router --config FILE --port P`` runs one per
-ModelDeployment. Each prediction goes to one predictor, picked at random by traffic
-weight (as Seldon's traffic split does), gets a ``puid`` to send feedback with, and is
-logged with its drift features and inputs (``requestlog``). The operator changes weights
-and predictors by rewriting the config file; the router notices within half a second (or
-at once on SIGHUP) and keeps the old config if the new one is invalid.
+ModelDeployment. It serves Seldon's paths at the root (``gateway="seldon"``) and under
+``/seldon/<namespace>/<name>/`` (the ingress path ``ambassador``/``istio`` clients use).
+Each prediction goes to one predictor, picked at random by traffic weight (as Seldon's
+traffic split does), gets a ``puid`` (the ``Seldon-Puid`` header, and ``meta.puid``) to
+send feedback with, and is logged with its drift features and inputs (``requestlog``).
+The operator changes weights and predictors by rewriting the config file; the router
+notices within half a second (or at once on SIGHUP) and keeps the old config if the new
+one is invalid.
 
 Error mapping: malformed or oversize requests (not JSON, nested past the decoder's
 limit, a body that cannot be decoded) are refused here (400/413) and never reach a
-model; a predictor's 4xx is passed through; its 5xx becomes 502, an unreachable
-predictor 502 and a slow one 504, all counted against that predictor.
+model; a predictor's own non-200 answer is passed through as Seldon's executor does (a
+model's 500 stays 500), an unreachable predictor is 502 and a slow one 504, all counted
+against that predictor. A full request log never refuses a request: logging stops
+(counted in ``trellis_router_log_dropped_total``, flagged by ``trellis_router_log_full``)
+and the answer is the model's.
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import signal
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,6 @@ from controller.serving.router_config import (
     Auth,
     ConfigError,
     FeedbackError,
-    Predictor,
     RouterConfig,
     TokenFile,
     check_bearer,
@@ -48,23 +53,23 @@ from controller.serving.router_config import (
     parse_feedback,
     predicted_classes,
     read_config,
-    status_info,
+)
+from controller.serving.router_http import (
+    PUID_HEADER,
+    check,
+    error,
+    forward,
+    graph_metadata,
+    read_json,
 )
 from controller.serving.router_metrics import RouterMetrics
 
 logger = logging.getLogger("trellis.router")
 
 RELOAD_INTERVAL_S = 0.5
-HEALTH_TIMEOUT_S = 2.0
-# A body not read to its end within this is refused (408): a sender that stalls, or a
-# Content-Encoding aiohttp never finishes decoding (a 3-byte "deflate" body hangs it).
-BODY_TIMEOUT_S = 10.0
-
-
-def error(status: int, message: str, reason: str) -> web.Response:
-    """An error in Seldon's format, so clients parse router and model errors alike."""
-    body = {"status": {"status": 1, "code": status, "info": message, "reason": reason}}
-    return web.json_response(body, status=status)
+PUID = web.RequestKey("puid", str)  # this call's puid, set by the Seldon API middleware
+UNLOGGED_PUIDS = 10_000  # remembered puids of requests the full log dropped (~1 MB)
+SELDON_PREFIX = "/seldon/{namespace}/{name}"  # Seldon's ingress path (GetPredictionPath)
 
 
 class Router:
@@ -77,6 +82,9 @@ class Router:
         self.rng = random.Random(seed)
         self.metrics = RouterMetrics()
         self.log: RequestLog | None = None
+        self.log_full = False  # the last write to the log was dropped for want of room
+        # Puids answered while the log was full: their feedback is dropped, not refused.
+        self.unlogged: OrderedDict[str, None] = OrderedDict()
         self.tokens: TokenFile | None = None
         self._session: aiohttp.ClientSession | None = None
         self._reload_now = asyncio.Event()
@@ -161,13 +169,15 @@ class Router:
             await asyncio.to_thread(self.log.close)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._seldon_api])
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
-        app.router.add_post("/api/v1.0/predictions", self.predictions)
-        app.router.add_post("/api/v0.1/predictions", self.predictions)
-        app.router.add_post("/api/v1.0/feedback", self.feedback)
-        app.router.add_post("/api/v0.1/feedback", self.feedback)
+        for prefix in ("", SELDON_PREFIX):
+            for api in ("/api/v1.0", "/api/v0.1"):
+                app.router.add_post(f"{prefix}{api}/predictions", self.predictions)
+                app.router.add_post(f"{prefix}{api}/feedback", self.feedback)
+            app.router.add_get(f"{prefix}/api/v1.0/health/status", self.health)
+            app.router.add_get(f"{prefix}/api/v1.0/metadata", self.metadata)
         app.router.add_get("/health/ping", self.ping)
         app.router.add_get("/health/status", self.health)
         app.router.add_get("/router/status", self.status)
@@ -175,6 +185,24 @@ class Router:
         return app
 
     # ---- request guards ----------------------------------------------------------
+
+    @web.middleware
+    async def _seldon_api(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Seldon's API paths: only this deployment's ingress path, and a puid per call
+        in the ``Seldon-Puid`` header, on errors too (the executor's ``puidHeader``)."""
+        if "/api/v" not in request.path:
+            return await handler(request)
+        request[PUID] = uuid.uuid4().hex
+        namespace, name = request.match_info.get("namespace"), request.match_info.get("name")
+        if namespace is not None and f"{namespace}/{name}" != self.config.deployment:
+            message = f"no deployment {namespace}/{name} here: this is {self.config.deployment}"
+            response: web.StreamResponse = self._reject(
+                request.path.rsplit("/", 1)[-1], error(404, message, "NOT_FOUND")
+            )
+        else:
+            response = await handler(request)
+        response.headers.setdefault(PUID_HEADER, request[PUID])
+        return response
 
     def _authorize(self, request: web.Request, endpoint: str) -> web.Response | None:
         if self.tokens is None:
@@ -198,38 +226,11 @@ class Router:
         return response
 
     async def _read_json(self, request: web.Request, endpoint: str) -> tuple[bytes, Any]:
-        """The body and its decoded JSON, or an error response (413 oversize, 400 malformed)."""
-        limit = self.config.max_body_bytes
-        too_big = error(
-            413,
-            f"request body exceeds the limit of {limit} bytes; send fewer images per request",
-            "PAYLOAD_TOO_LARGE",
-        )
-        if request.content_length is not None and request.content_length > limit:
-            return b"", self._reject(endpoint, too_big)
-        body = bytearray()
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                async for chunk in request.content.iter_chunked(1 << 16):
-                    body += chunk
-                    if len(body) > limit:
-                        return b"", self._reject(endpoint, too_big)
-        except (web.RequestPayloadError, ConnectionError) as exc:  # a bad Content-Encoding,
-            # a body cut off by its sender (who may no longer read this answer)
-            unreadable = error(400, f"unreadable request body: {exc}", "BAD_BODY")
-            return b"", self._reject(endpoint, unreadable)
-        except TimeoutError:
-            message = (f"request body not received (or not decodable) within "
-                       f"{BODY_TIMEOUT_S:g}s")
-            return b"", self._reject(endpoint, error(408, message, "BODY_TIMEOUT"))
-        try:  # on the loop: the C decoder holds the GIL, so a thread would not help
-            return bytes(body), json.loads(body)
-        except ValueError as exc:
-            malformed = error(400, f"malformed JSON body: {exc}", "BAD_JSON")
-            return b"", self._reject(endpoint, malformed)
-        except RecursionError:  # [[[[...]]]] deeper than the decoder's recursion limit
-            deep = error(400, "malformed JSON body: nested too deeply", "BAD_JSON")
-            return b"", self._reject(endpoint, deep)
+        """The body and its decoded JSON, or an error response (counted as rejected)."""
+        result = await read_json(request, self.config.max_body_bytes)
+        if isinstance(result, web.Response):
+            return b"", self._reject(endpoint, result)
+        return result
 
     # ---- endpoints ---------------------------------------------------------------
 
@@ -250,9 +251,13 @@ class Router:
             return self._reject(
                 "predictions", error(503, "no predictor has traffic weight > 0", "NO_PREDICTOR")
             )
-        puid = uuid.uuid4().hex
-        status, answer = await self._forward(predictor, body, config.timeout_s)
-        if status != 200:
+        puid = request[PUID]
+        assert self._session is not None
+        started = time.perf_counter()
+        code, answer = await forward(self._session, predictor, body, config.timeout_s)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(predictor.name, predictor.version, code, elapsed)
+        if isinstance(answer, web.Response):
             return answer
         meta = answer.setdefault("meta", {})
         tags = meta.setdefault("tags", {})
@@ -273,45 +278,27 @@ class Router:
                 await asyncio.to_thread(
                     _log_request, self.log, puid, predictor.version, message, features, preds
                 )
-            except StorageFull as exc:
-                return self._reject("predictions", error(507, str(exc), "INSUFFICIENT_STORAGE"))
+                self._logged()
+            except StorageFull as exc:  # monitoring must not take serving down
+                self._dropped("request", exc)
+                self.unlogged[puid] = None
+                if len(self.unlogged) > UNLOGGED_PUIDS:
+                    self.unlogged.popitem(last=False)
         return web.json_response(answer)
 
-    async def _forward(
-        self, predictor: Predictor, body: bytes, timeout_s: float
-    ) -> tuple[int, Any]:
-        """POST to the predictor: (200, decoded answer) or (status, error response)."""
-        assert self._session is not None
-        where = f"predictor {predictor.name} (v{predictor.version})"
-        started = time.perf_counter()
-        code, result = 502, None
-        try:
-            async with self._session.post(
-                f"{predictor.url}/api/v1.0/predictions",
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                code, raw, ctype = resp.status, await resp.read(), resp.content_type
-            answer = json.loads(raw) if raw and not 400 <= code < 500 else None
-            if code == 200 and isinstance(answer, dict):
-                result = (200, answer)
-            elif 400 <= code < 500:  # the client's mistake, as the model judged it
-                result = (code, web.Response(status=code, body=raw, content_type=ctype))
-            else:
-                code = code if code >= 500 else 502
-                info = status_info(answer)
-                message = f"{where} failed with HTTP {code}: {info}"
-                result = (502, error(502, message, "UPSTREAM_ERROR"))
-        except TimeoutError:
-            code = 504
-            message = f"{where} did not answer within {timeout_s:g}s"
-            result = (504, error(504, message, "UPSTREAM_TIMEOUT"))
-        except (aiohttp.ClientError, ValueError) as exc:
-            code = 502
-            result = (502, error(502, f"{where} unreachable or invalid: {exc}", "UPSTREAM_ERROR"))
-        self.metrics.observe(predictor.name, predictor.version, code, time.perf_counter() - started)
-        return result
+    def _logged(self) -> None:
+        if self.log_full:
+            logger.info("request log has room again: logging resumed")
+        self.log_full = False
+        self.metrics.log_full.set(0)
+
+    def _dropped(self, kind: str, exc: StorageFull) -> None:
+        """Count a record the full log could not take; say so once per episode."""
+        if not self.log_full:
+            logger.warning("request log full, %s records are being dropped: %s", kind, exc)
+        self.log_full = True
+        self.metrics.log_full.set(1)
+        self.metrics.log_dropped.labels(kind).inc()
 
     async def feedback(self, request: web.Request) -> web.Response:
         denied = self._authorize(request, "feedback")
@@ -330,18 +317,25 @@ class Router:
             return self._reject("feedback", error(404, message, "UNKNOWN_PUID"))
         try:
             record = await asyncio.to_thread(log.record_feedback, puid, labels)
+            self._logged()
         except UnknownPuid:
+            if puid in self.unlogged:  # answered while the log was full: same policy
+                return self._feedback_dropped(puid, StorageFull("its request was not logged"))
             message = f"unknown puid {puid!r}: not served here, or dropped to respect the log bound"
             return self._reject("feedback", error(404, message, "UNKNOWN_PUID"))
         except FeedbackMismatch as exc:
             return self._reject("feedback", error(400, str(exc), "BAD_FEEDBACK"))
-        except StorageFull as exc:
-            return self._reject("feedback", error(507, str(exc), "INSUFFICIENT_STORAGE"))
+        except StorageFull as exc:  # the same policy as predictions: answer, do not log
+            return self._feedback_dropped(puid, exc)
         for pred, label in zip(record.preds, record.labels, strict=True):
             outcome = "correct" if pred == label else "incorrect"
             self.metrics.feedback.labels(str(record.version), outcome).inc()
         tags = {"trellis.labels": list(record.labels), "trellis.version": record.version}
         return web.json_response({"meta": {"puid": puid, "tags": tags}})
+
+    def _feedback_dropped(self, puid: str, exc: StorageFull) -> web.Response:
+        self._dropped("feedback", exc)
+        return web.json_response({"meta": {"puid": puid, "tags": {"trellis.logged": False}}})
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="pong")
@@ -349,7 +343,8 @@ class Router:
     async def health(self, request: web.Request) -> web.Response:
         """200 only when every predictor with traffic answers its health check."""
         live = [p for p in self.config.predictors if p.weight > 0]
-        results = await asyncio.gather(*(self._check(p) for p in live))
+        assert self._session is not None
+        results = await asyncio.gather(*(check(self._session, p) for p in live))
         report = {
             p.name: {"version": p.version, "healthy": ok, "message": msg}
             for p, (ok, msg) in zip(live, results, strict=True)
@@ -360,17 +355,16 @@ class Router:
             body["message"] = "no predictor has traffic weight > 0"
         return web.json_response(body, status=200 if healthy else 503)
 
-    async def _check(self, predictor: Predictor) -> tuple[bool, str]:
+    async def metadata(self, request: web.Request) -> web.Response:
+        """Graph metadata as the executor gives it, of the predictor with the most traffic
+        (the one an ingress most likely routes to; the stable during a canary)."""
+        predictors = self.config.predictors
+        if not predictors:
+            return error(503, "no predictor is configured", "NO_PREDICTOR")
         assert self._session is not None
-        try:
-            async with self._session.get(
-                f"{predictor.url}/health/status",
-                timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S),
-            ) as resp:
-                await resp.read()
-                return resp.status == 200, f"HTTP {resp.status}"
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+        top = max(predictors, key=lambda p: p.weight)
+        code, body = await graph_metadata(self._session, top)
+        return web.json_response(body, status=code)
 
     async def status(self, request: web.Request) -> web.Response:
         """What this router serves right now (the operator waits on ``revision``)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import random
 import re
@@ -253,16 +254,48 @@ def _label(value: object) -> int:
         return value.index(1)  # one-hot, as Seldon clients send truth for probabilities
     if isinstance(value, str) and value in CLASS_NAMES:
         return CLASS_NAMES.index(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # protobuf clients (SeldonClient) send every number as a double
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CLASS_NAMES):
         return value
     raise FeedbackError(f"invalid label {value!r}: use 0 (bad) or 1 (good)")
+
+
+def _truth_rows(data: Mapping[str, Any]) -> list[Any]:
+    """One truth value per input row, from Seldon's ``ndarray`` or ``tensor`` form."""
+    if "ndarray" in data:
+        raw = data["ndarray"]
+        if not isinstance(raw, list) or not raw:
+            raise FeedbackError("truth.data.ndarray must be a non-empty list of labels")
+        return raw
+    tensor = data.get("tensor")
+    if not isinstance(tensor, dict):
+        raise FeedbackError("truth.data.ndarray (or truth.data.tensor) must hold the labels")
+    shape, values = tensor.get("shape"), tensor.get("values")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        or not isinstance(values, list)
+        or len(values) != math.prod(shape)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    ):
+        raise FeedbackError(
+            "truth.data.tensor must have a shape [n] (labels) or [n, 2] (one-hot) and that "
+            "many numeric values"
+        )
+    if len(shape) == 1:
+        return list(values)
+    width = shape[1]
+    return [values[i : i + width] for i in range(0, len(values), width)]
 
 
 def parse_feedback(message: object) -> tuple[str, list[int]]:
     """The puid and one label per input row, from either accepted feedback form.
 
     Seldon's ``{"response": {"meta": {"puid": ...}}, "truth": {"data": {"ndarray": [...]}}}``
-    or the short ``{"puid": ..., "label": 0|1}`` (``"labels": [...]`` for a batch).
+    (or ``"tensor": {"shape": [n], "values": [...]}``, as ``SeldonClient`` can send it) or
+    the short ``{"puid": ..., "label": 0|1}`` (``"labels": [...]`` for a batch).
     """
     if not isinstance(message, dict):
         raise FeedbackError("feedback must be a JSON object")
@@ -282,13 +315,11 @@ def parse_feedback(message: object) -> tuple[str, list[int]]:
         if not isinstance(meta, dict) or "puid" not in meta:
             raise FeedbackError(
                 'feedback needs "puid" and "label", or Seldon\'s "response.meta.puid" and '
-                '"truth.data.ndarray"'
+                '"truth.data.ndarray" (or "truth.data.tensor")'
             )
         puid = meta["puid"]
         data = truth.get("data") if isinstance(truth, dict) else None
-        raw = data.get("ndarray") if isinstance(data, dict) else None
-        if not isinstance(raw, list) or not raw:
-            raise FeedbackError("truth.data.ndarray must be a non-empty list of labels")
+        raw = _truth_rows(data if isinstance(data, dict) else {})
     if not isinstance(puid, str) or not 0 < len(puid) <= 128:
         raise FeedbackError(f"puid must be the string the prediction returned, got {puid!r}")
     return puid, [_label(v) for v in raw]

@@ -1,8 +1,11 @@
 """The router's Prometheus metrics (names fixed by docs/contracts.md).
 
 Per-predictor series are what canary analysis compares, so requests the router refuses
-before choosing a predictor (auth, oversize, malformed, storage full) are counted apart in
-``trellis_router_rejected_total`` and never blamed on a predictor.
+before choosing a predictor (auth, oversize, malformed) are counted apart in
+``trellis_router_rejected_total`` and never blamed on a predictor. A full request log
+refuses nothing: the records it cannot take are counted in
+``trellis_router_log_dropped_total`` and ``trellis_router_log_full`` is 1 while it lasts
+(the operator turns that into the RequestLogging condition).
 """
 
 from __future__ import annotations
@@ -58,6 +61,17 @@ class RouterMetrics:
         )
         self.log_max_bytes = Gauge(
             "trellis_router_log_max_bytes", "The request log's byte bound.", registry=self.registry
+        )
+        self.log_dropped = Counter(
+            "trellis_router_log_dropped",
+            "Records the full request log did not take (the request was still answered).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.log_full = Gauge(
+            "trellis_router_log_full",
+            "1 while the request log drops records for want of room, else 0.",
+            registry=self.registry,
         )
 
     def observe(self, predictor: str, version: int, code: int, seconds: float) -> None:

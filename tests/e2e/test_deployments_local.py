@@ -163,3 +163,41 @@ def test_bad_input_to_the_endpoint(cluster: Cluster, namespace: str, operator: N
         text = json.dumps(answer)
         assert words.lower() in text.lower(), text
         assert post(st["endpoint"], good)[0] == 200  # and it keeps serving
+
+
+def test_a_full_request_log_stops_logging_not_serving(
+        cluster: Cluster, namespace: str, operator: None, tmp_path: Path) -> None:
+    exp = base("Experiment")
+    exp["spec"]["flow"]["file"] = "flows/not-here.py"
+    cluster.apply(exp, namespace)
+    register(cluster, namespace, {1: write_model_version(tmp_path / "v1", seed=1)})
+    mdep = base("ModelDeployment")
+    mdep["spec"]["drift"] = {"enabled": True, "storage": {"maxBytes": 1048576}}  # ~80 images
+    cluster.apply(mdep, namespace)
+    st = wait_for(lambda: (s := status(cluster, namespace)).get("phase") == "Serving" and s,
+                  timeout=120, what="serving")
+    logging_on = wait_for(lambda: condition(cluster.get("mdep", "classifier", namespace),
+                                            "RequestLogging"), timeout=60, what="RequestLogging")
+    assert (logging_on["status"], logging_on["reason"]) == ("True", "Logging")
+    url, feedback = st["endpoint"], st["endpoint"].replace("/predictions", "/feedback")
+    metrics_url = url.split("/api/")[0] + "/metrics"
+    dropped = 0.0
+    for i in range(30):  # labelled batches of 8: nothing unlabelled is left to make room
+        images = make_images(8, seed=100 + i)
+        code, answer = post(url, json.dumps(payload(images)).encode())
+        assert code == 200, answer  # the model's answer, whether or not it was logged
+        body = {"puid": answer["meta"]["puid"], "labels": labels_of(images).tolist()}
+        assert post(feedback, json.dumps(body).encode())[0] == 200
+        with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+            text = resp.read().decode()
+        dropped = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("trellis_router_log_dropped_total{"))
+        if dropped >= 2:
+            break
+    assert dropped >= 2 and "trellis_router_log_full 1.0" in text, text
+    full = wait_for(lambda: (c := condition(cluster.get("mdep", "classifier", namespace),
+                                            "RequestLogging")) and c["status"] == "False" and c,
+                    timeout=60, what="RequestLogging False")
+    assert full["reason"] == "LogFull" and "predictions are still served" in full["message"]
+    obj = cluster.get("mdep", "classifier", namespace)
+    assert condition(obj, "Ready")["status"] == "True" and obj["status"]["phase"] == "Serving"

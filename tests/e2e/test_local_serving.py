@@ -152,7 +152,9 @@ def metric(endpoint: str, name: str, **labels: str) -> float:
     _, text = http("GET", f"{endpoint}/metrics")
     total = 0.0
     for line in str(text).splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -278,9 +280,9 @@ def test_weights_feedback_and_version_replacement(harness: Harness) -> None:
     for i in range(60):
         status, answer = http("POST", url, payload(make_images(1, seed=1000 + i)))
         codes[status] += 1
-        if status == 502:
-            assert "canary (v3) failed with HTTP 500" in info(answer)
-    assert codes[200] > 0 and codes[502] > 0 and set(codes) == {200, 502}, codes
+        if status == 500:  # the model's own failure, passed through as Seldon does
+            assert "model failed" in info(answer)
+    assert codes[200] > 0 and codes[500] > 0 and set(codes) == {200, 500}, codes
     canary = {"predictor": "canary", "version": "3"}
     assert metric(obs.endpoint, "trellis_router_requests_total", code="500", **canary) > 0
 
@@ -295,7 +297,7 @@ def test_weights_feedback_and_version_replacement(harness: Harness) -> None:
     assert obs.ready and obs.predictors["stable"].pid != canary_pid
     started = time.perf_counter()
     status, _ = http("POST", url, payload(make_images(1, seed=1)))
-    assert status in (200, 502) and time.perf_counter() - started >= 0.3
+    assert status in (200, 500) and time.perf_counter() - started >= 0.3
 
 
 def _group_pids(harness: Harness, name: str) -> Iterator[int]:
@@ -373,28 +375,26 @@ def test_storage_bound_flood(harness: Harness) -> None:
     obs = harness.ensure(desired)
     url = obs.endpoint + PREDICT
     reader = RequestLogReader(desired.log_dir)
-    for i in range(120):  # unlabelled: the oldest make room, nothing is refused
+    for i in range(120):  # unlabelled: the oldest make room, nothing is dropped
         assert http("POST", url, payload(make_images(1, seed=i)))[0] == 200
         assert reader.disk_bytes() <= bound
-    acknowledged, refused = 0, None
-    for i in range(200):  # every request labelled: room runs out
+    assert metric(obs.endpoint, "trellis_router_log_dropped_total") == 0
+    acknowledged, dropped_at = 0, None
+    for i in range(100):  # every request labelled: room runs out, serving does not stop
         status, answer = http("POST", url, payload(make_images(1, seed=500 + i)))
-        if status == 507:
-            refused = answer
-            break
-        assert status == 200
+        assert status == 200, answer
         label = {"puid": answer["meta"]["puid"], "label": 1}
-        status, _ = http("POST", obs.endpoint + FEEDBACK, label)
-        if status == 507:
-            refused = _
-            break
-        assert status == 200
-        acknowledged += 1
-    assert refused is not None and "labelled requests only" in info(refused), refused
-    assert 20 <= acknowledged <= 60
+        status, fed = http("POST", obs.endpoint + FEEDBACK, label)
+        assert status == 200, fed  # a label for a request the log dropped is dropped too
+        if dropped_at is None and metric(obs.endpoint, "trellis_router_log_dropped_total"):
+            dropped_at = i
+        acknowledged += fed["meta"]["tags"].get("trellis.logged", True)
+    assert dropped_at is not None and 20 <= acknowledged <= 60, (dropped_at, acknowledged)
     assert reader.disk_bytes() <= bound
-    assert reader.labelled_count() == acknowledged
-    assert metric(obs.endpoint, "trellis_router_rejected_total", code="507") >= 1
+    assert reader.labelled_count() == acknowledged  # nothing acknowledged was lost
+    assert metric(obs.endpoint, "trellis_router_log_full") == 1
+    assert metric(obs.endpoint, "trellis_router_log_dropped_total", kind="request") >= 1
+    assert metric(obs.endpoint, "trellis_router_rejected_total") == 0  # no request refused
     assert http("GET", obs.endpoint + "/health/ping")[0] == 200
 
 

@@ -128,7 +128,7 @@ def test_error_mapping_reload_and_limits(tmp_path: Path) -> None:
 
                 cases = [
                     ("slow", 504, "did not answer within 0.5s"),
-                    ("broken", 502, "failed with HTTP 500: model failed: boom"),
+                    ("broken", 500, "model failed: boom"),  # the model's own, as Seldon
                     ("html", 404, "<h1>nope</h1>"),
                     ("dead", 502, "unreachable"),
                 ]
@@ -136,7 +136,10 @@ def test_error_mapping_reload_and_limits(tmp_path: Path) -> None:
                     url = up.get(name, f"http://127.0.0.1:{free_port()}")
                     revision = _config(cfg, {name: (url, 100)}, timeout_s=0.5)
                     await _await_revision(s, base, revision)
-                    status, answer = await _post(s, predict, {"data": {}})
+                    async with s.post(predict, json={"data": {}}) as resp:
+                        status, text = resp.status, await resp.text()
+                        assert len(resp.headers["Seldon-Puid"]) == 32  # on errors too
+                    answer = json.loads(text) if text.startswith("{") else text
                     shown = answer if isinstance(answer, str) else answer["status"]["info"]
                     assert status == code and words in shown, (name, status, answer)
 
@@ -178,6 +181,61 @@ def test_error_mapping_reload_and_limits(tmp_path: Path) -> None:
                 feedback = {"puid": "x", "label": 1}
                 status, answer = await _post(s, f"{base}/api/v1.0/feedback", feedback)
                 assert status == 404 and "request logging is off" in answer["status"]["info"]
+
+    asyncio.run(scenario())
+
+
+async def _features(request: web.Request) -> web.Response:
+    """A model answer with the drift features the request log stores."""
+    await request.read()
+    return web.json_response({
+        "data": {"names": ["bad", "good"], "ndarray": [[0.2, 0.8]]},
+        "meta": {"tags": {"trellis.features": [[0.1] * 8], "trellis.predictions": [1]}},
+    })
+
+
+def test_seldon_paths_and_a_full_log_that_never_refuses(tmp_path: Path) -> None:
+    image = {"data": {"ndarray": [[[[0.5, 0.5, 0.5]] * 64] * 64]}}
+
+    async def scenario() -> None:
+        cfg = tmp_path / "router.json"
+        async with upstreams(ok=_features) as up:
+            _config(cfg, {"ok": (up["ok"], 100)}, log_dir=tmp_path / "log",
+                    max_log_bytes=60_000)  # room for four images
+            async with router(cfg) as base, aiohttp.ClientSession() as s:
+                ingress = f"{base}/seldon/farm/test/api/v1.0"
+                puids = []
+                for i in range(10):
+                    url = f"{ingress}/predictions" if i % 2 else f"{base}/api/v1.0/predictions"
+                    async with s.post(url, json=image) as resp:
+                        assert resp.status == 200, await resp.text()
+                        answer = await resp.json()
+                        assert answer["meta"]["puid"] == resp.headers["Seldon-Puid"]
+                    puids.append(answer["meta"]["puid"])
+                    fb = {"response": answer,
+                          "truth": {"data": {"tensor": {"shape": [1], "values": [1.0]}}}}
+                    status, got = await _post(s, f"{ingress}/feedback", fb)
+                    assert status == 200, got  # logged, or dropped once the log is full
+                async with s.get(f"{base}/metrics") as resp:
+                    text = await resp.text()
+                assert "trellis_router_log_full 1.0" in text
+                assert 'trellis_router_log_dropped_total{kind="request"}' in text
+                assert 'trellis_router_log_dropped_total{kind="feedback"}' in text
+                assert "trellis_router_rejected_total{" not in text  # nothing refused
+                status, got = await _post(s, f"{ingress}/feedback",
+                                          {"puid": puids[-1], "label": 1})
+                assert status == 200 and got["meta"]["tags"]["trellis.logged"] is False, got
+                status, got = await _post(s, f"{base}/seldon/farm/nope/api/v1.0/predictions",
+                                          image)
+                assert status == 404 and "farm/test" in got["status"]["info"]
+
+                _config(cfg, {"ok": (up["ok"], 100)}, log_dir=tmp_path / "log",
+                        max_log_bytes=10_000_000)  # room again: logging resumes
+                await asyncio.sleep(1.2)
+                async with s.post(f"{base}/api/v1.0/predictions", json=image) as resp:
+                    assert resp.status == 200
+                async with s.get(f"{base}/metrics") as resp:
+                    assert "trellis_router_log_full 0.0" in await resp.text()
 
     asyncio.run(scenario())
 

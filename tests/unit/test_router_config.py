@@ -198,6 +198,24 @@ def test_token_file_follows_rotation(tmp_path: Path) -> None:
             {"response": {"meta": {"puid": "p2"}}, "truth": {"data": {"ndarray": [[1, 0]]}}},
             ("p2", [0]),
         ),
+        # SeldonClient's forms: numbers are doubles, truth may be a tensor
+        ({"response": {"meta": {"puid": "p3"}}, "truth": {"data": {"ndarray": [[1.0]]}}},
+         ("p3", [1])),
+        (
+            {"response": {"meta": {"puid": "p3"}},
+             "truth": {"data": {"tensor": {"shape": [2], "values": [1.0, 0.0]}}}},
+            ("p3", [1, 0]),
+        ),
+        (
+            {"response": {"meta": {"puid": "p3"}},
+             "truth": {"data": {"tensor": {"shape": [2, 1], "values": [0, 1]}}}},
+            ("p3", [0, 1]),
+        ),
+        (
+            {"response": {"meta": {"puid": "p3"}},
+             "truth": {"data": {"tensor": {"shape": [2, 2], "values": [0.0, 1.0, 1.0, 0.0]}}}},
+            ("p3", [1, 0]),
+        ),
     ],
 )
 def test_parse_feedback_forms(body: dict[str, Any], expected: tuple[str, list[int]]) -> None:
@@ -217,6 +235,14 @@ def test_parse_feedback_forms(body: dict[str, Any], expected: tuple[str, list[in
         ({"puid": 7, "label": 1}, "puid must be"),
         ({"truth": {"data": {"ndarray": [1]}}}, "response.meta.puid"),
         ({"response": {"meta": {"puid": "p"}}, "truth": {}}, "truth.data.ndarray"),
+        ({"response": {"meta": {"puid": "p"}},
+          "truth": {"data": {"tensor": {"shape": [3], "values": [1, 0]}}}}, "truth.data.tensor"),
+        ({"response": {"meta": {"puid": "p"}},
+          "truth": {"data": {"tensor": {"shape": [1, 1, 1], "values": [1]}}}}, "shape"),
+        ({"response": {"meta": {"puid": "p"}},
+          "truth": {"data": {"tensor": {"shape": [10**30], "values": [1]}}}}, "shape"),
+        ({"response": {"meta": {"puid": "p"}},
+          "truth": {"data": {"tensor": {"shape": [1], "values": [0.5]}}}}, "invalid label"),
     ],
 )
 def test_parse_feedback_errors(body: Any, message: str) -> None:
