@@ -9,7 +9,6 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,7 @@ pytestmark = pytest.mark.e2e
 CALLS = Path(__file__).resolve().parents[1] / "support" / "seldon_client_calls.py"
 COMBOS = [(g, k) for g in ("seldon", "ambassador", "istio") for k in ("ndarray", "tensor")]
 models = local.models  # the same model versions (module-scoped, so written once here)
-
-
-@pytest.fixture
-def harness(tmp_path: Path, models: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path, models)
-    try:
-        yield h
-    finally:
-        h.close()
+harness = local.harness
 
 
 def headers(url: str, body: dict) -> tuple[int, dict[str, str]]:
