@@ -7,6 +7,7 @@ server for Seldon Core's operator to run.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,19 +117,24 @@ class SeldonDriver:
         pending = (mdep.get("status") or {}).get(PENDING_WRITE)
         seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
         current, watched = seen.obj, seen.watched
+        now = dt.datetime.now(dt.UTC)
+        if current is not None and caught_up(current, pending, now):
+            pending = None  # answered already: a write now must not inherit the wait
         if current is None or _differs(current, desired):
             # A write to a failed SeldonDeployment (the canary rolled back) waits for
             # Seldon's verdict on it too: its Failed state predates the write.
             changed = pods_change(current, desired) or (
-                current is not None and assess(current, pending).health == "failed")
+                current is not None and assess(current, pending, now).health == "failed")
             current = await self.ctx.kube.apply(desired)
             self.ctx.children.note(SELDON_DEPLOYMENTS, current)
             watched = False  # until a watch delivers what we wrote
-            pending = pending_write(pending, changed, current)
-        seen_now = assess(current, pending)
-        if caught_up(current, pending):
+            pending = pending_write(pending, changed, current, now)
+        seen_now = assess(current, pending, now)
+        if caught_up(current, pending, now):
             pending = None  # Seldon's status describes our spec from now on
         url = endpoint(current, self.ctx.settings.seldon_gateway_url)
+        # A wait ends by a watch event or by running out: look again meanwhile.
+        watched = watched and pending is None
         return ServingState(url, seen_now.health == "available", seen_now.message, watched,
                             failed=seen_now.health == "failed",
                             status={PENDING_WRITE: pending})
@@ -138,7 +144,8 @@ class SeldonDriver:
         seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
         if seen.obj is None:
             return None
-        return assess(seen.obj, (mdep.get("status") or {}).get(PENDING_WRITE))
+        return assess(seen.obj, (mdep.get("status") or {}).get(PENDING_WRITE),
+                      dt.datetime.now(dt.UTC))
 
     async def teardown(self, mdep: dict[str, Any]) -> None:
         meta = mdep["metadata"]

@@ -11,14 +11,26 @@ state and conditions only once the status has caught up.
 
 Traffic-only writes change no pods (Seldon leaves the Deployments alone, and may not
 write its status at all), so they start no wait; a write during a wait moves it on.
+Seldon also skips its status write when its verdict is unchanged (``updateStatus``
+compares old and new), so a wait is bounded: after ``STATUS_WAIT_S`` from the first
+write, the status is taken as it stands.
+
+Seldon sets ``Failed`` for any reconcile error (``updateStatusForError``) and retries:
+only the Deployment's progress deadline ("no longer progressing") is final; any other
+Failed is shown, still pending, with Seldon's words.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from controller.conditions import now_iso, parse_time
+
 PREDICTIONS_PATH = "/api/v1.0/predictions"
+STATUS_WAIT_S = 30.0  # Seldon writes Creating within a reconcile; none comes if unchanged
+FINAL_FAILURE = "no longer progressing"  # the Deployment's progress deadline passed
 
 Health = Literal["available", "pending", "failed"]
 
@@ -56,18 +68,25 @@ def pods_change(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool
 
 
 def pending_write(previous: dict[str, Any] | None, pods_changed: bool,
-                  written: dict[str, Any]) -> dict[str, Any] | None:
-    """The write to wait for after writing ``written`` (None: nothing to wait for)."""
+                  written: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """The write to wait for after writing ``written`` (None: nothing to wait for).
+
+    ``previous`` is a wait still open: our own write moves it on, keeping its start."""
     if not (pods_changed or previous):
         return None
-    return {"resourceVersion": written["metadata"]["resourceVersion"]}
+    since = (previous or {}).get("since") or now_iso(now)
+    return {"resourceVersion": written["metadata"]["resourceVersion"], "since": since}
 
 
-def caught_up(sdep: dict[str, Any], pending: dict[str, Any] | None) -> bool:
+def caught_up(sdep: dict[str, Any], pending: dict[str, Any] | None, now: dt.datetime) -> bool:
     """Whether the SeldonDeployment was written since our pending write (by Seldon: our
-    own writes move ``pending`` on). A cached copy older than our write is not; where
-    resourceVersions are not numbers (opaque by contract), any other one counts."""
+    own writes move ``pending`` on), or the wait ran out. A cached copy older than our
+    write is not; where resourceVersions are not numbers (opaque by contract), any other
+    one counts."""
     if not pending:
+        return True
+    since = parse_time(pending.get("since"))
+    if since is None or (now - since).total_seconds() >= STATUS_WAIT_S:
         return True
     have, ours = (sdep.get("metadata") or {}).get("resourceVersion"), pending["resourceVersion"]
     if have == ours:
@@ -78,24 +97,21 @@ def caught_up(sdep: dict[str, Any], pending: dict[str, Any] | None) -> bool:
         return True
 
 
-def assess(sdep: dict[str, Any], pending: dict[str, Any] | None) -> Assessment:
+def assess(sdep: dict[str, Any], pending: dict[str, Any] | None,
+           now: dt.datetime) -> Assessment:
     """Available, still pending, or failed (with Seldon's description)."""
-    if not caught_up(sdep, pending):
+    if not caught_up(sdep, pending, now):
         return Assessment("pending", "waiting for Seldon Core to take the new spec "
                                      "(its status still describes the previous one)")
     status = sdep.get("status") or {}
     state = status.get("state")
     description = (status.get("description") or "").strip()
+    if state == "Failed" and FINAL_FAILURE in description.lower():
+        return Assessment("failed", f"Seldon Core reports the SeldonDeployment Failed: "
+                                    f"{description}")
     if state == "Failed":
-        return Assessment("failed", "Seldon Core reports the SeldonDeployment Failed"
-                                    + (f": {description}" if description else ""))
-    failed = [c for c in status.get("conditions") or []
-              if c.get("status") == "False" and "fail" in (c.get("reason") or "").lower()]
-    if failed:
-        c = failed[0]
-        return Assessment("failed", f"Seldon Core condition {c.get('type')} is False: "
-                                    f"{c.get('reason')}"
-                                    + (f": {c['message']}" if c.get("message") else ""))
+        return Assessment("pending", "Seldon Core reports an error and retries"
+                                     + (f": {description}" if description else ""))
     if state == "Available":
         return Assessment("available", "SeldonDeployment Available")
     return Assessment("pending", f"waiting for Seldon Core: state {state or 'not reported yet'}"

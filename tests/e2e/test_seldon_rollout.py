@@ -132,12 +132,17 @@ def test_rollout_and_rollback_drive_the_seldondeployment(
     mark_available(cluster, namespace)
     wait_for(lambda: ready(cluster, namespace)[:2] == ("True", "Serving"), timeout=30,
              what="Serving v2 again")
-    # the stable predictor itself fails: shown as such, not as Deploying
-    mark_failed(cluster, namespace, "Deployment classifier-stable-0-classifier: Progress"
-                                    "DeadlineExceeded")
+    # a reconcile error Seldon retries is shown with its words, and acted on by nobody
+    mark_failed(cluster, namespace, "Operation cannot be fulfilled: the object has been "
+                                    "modified")
+    wait_for(lambda: "cannot be fulfilled" in ready(cluster, namespace)[2], timeout=30,
+             what="Seldon's retried error on Ready")
+    assert predictors(cluster, namespace) == [("stable", "v2", 100)]
+    # the stable predictor's Deployment passes its progress deadline: shown as failed
+    mark_failed(cluster, namespace)
     wait_for(lambda: ready(cluster, namespace)[:2] == ("False", "ServingFailed"), timeout=30,
              what="Ready=False ServingFailed")
-    assert "ProgressDeadlineExceeded" in ready(cluster, namespace)[2]
+    assert "no longer progressing" in ready(cluster, namespace)[2]
     assert mdep_status(cluster, namespace)["phase"] == "Failed"
     assert "ServingFailed" in cluster.kubectl("get", "events", "-n", namespace).stdout
     mark_available(cluster, namespace)

@@ -8,6 +8,7 @@ from controller.canary import Policy, serving_failed, steps_hash
 from controller.rollout import Model, Target, plan
 from controller.serving.metrics_source import LabelScheme, window_queries
 from controller.serving.seldon_status import (
+    STATUS_WAIT_S,
     assess,
     caught_up,
     endpoint,
@@ -15,6 +16,7 @@ from controller.serving.seldon_status import (
     pods_change,
 )
 
+NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 ADDRESS = "http://classifier-stable.farm.svc.cluster.local:8000/api/v1.0/predictions"
 
 
@@ -42,33 +44,47 @@ def test_only_pod_changes_start_a_wait() -> None:
     assert not pods_change(cur, sdep(predictors=[{**stable, "traffic": 50}]))
     assert pods_change(cur, sdep(predictors=[{**stable, "graph": {"modelUri": "s3://m/2"}}]))
     written = sdep(rv="11")
-    assert pending_write(None, False, written) is None
-    assert pending_write(None, True, written) == {"resourceVersion": "11"}
-    # a traffic-only write during a wait moves the wait on to that write
-    assert pending_write({"resourceVersion": "9"}, False, written) == {"resourceVersion": "11"}
+    assert pending_write(None, False, written, NOW) is None
+    assert pending_write(None, True, written, NOW) == {"resourceVersion": "11",
+                                                       "since": "2026-11-27T00:00:00Z"}
+    # a traffic-only write during a wait moves the wait on to that write, keeping its start
+    assert pending_write({"resourceVersion": "9", "since": "2026-11-26T23:59:50Z"}, False,
+                         written, NOW) == {"resourceVersion": "11",
+                                           "since": "2026-11-26T23:59:50Z"}
 
 
 def test_stale_available_is_not_believed_until_seldon_writes_after_us() -> None:
-    pending = {"resourceVersion": "11"}
-    stale = assess(sdep(rv="11"), pending)
+    pending = {"resourceVersion": "11", "since": "2026-11-27T00:00:00Z"}
+    stale = assess(sdep(rv="11"), pending, NOW)
     assert stale.health == "pending" and "previous" in stale.message
-    assert not caught_up(sdep(rv="9"), pending)  # an older cached copy
-    assert caught_up(sdep(rv="12"), pending)
-    assert assess(sdep(rv="12"), pending).health == "available"
-    assert assess(sdep(rv="12", state="Creating"), pending).health == "pending"
-    assert assess(sdep(rv="12"), None).health == "available"
+    assert not caught_up(sdep(rv="9"), pending, NOW)  # an older cached copy
+    assert caught_up(sdep(rv="12"), pending, NOW)
+    assert assess(sdep(rv="12"), pending, NOW).health == "available"
+    assert assess(sdep(rv="12", state="Creating"), pending, NOW).health == "pending"
+    assert assess(sdep(rv="12"), None, NOW).health == "available"
 
 
-def test_failed_state_or_condition_is_failed_with_seldons_words() -> None:
+def test_a_wait_ends_when_seldon_has_nothing_new_to_write() -> None:
+    # Seldon skips its status write when its verdict is unchanged: the wait is bounded.
+    pending = {"resourceVersion": "11", "since": "2026-11-27T00:00:00Z"}
+    later = NOW + dt.timedelta(seconds=STATUS_WAIT_S)
+    assert not caught_up(sdep(rv="11"), pending, NOW + dt.timedelta(seconds=1))
+    assert caught_up(sdep(rv="11"), pending, later)
+    assert assess(sdep(rv="11"), pending, later).health == "available"
+
+
+def test_only_the_progress_deadline_failure_is_final() -> None:
     failed = assess(sdep(state="Failed", description="Deployment is no longer progressing "
-                         "and not available."), None)
+                         "and not available."), None, NOW)
     assert failed.health == "failed" and "no longer progressing" in failed.message
-    cond = assess(sdep(state="Creating", conditions=[
-        {"type": "DeploymentsReady", "status": "False", "reason": "FailedCreate",
-         "message": "quota exceeded"}]), None)
-    assert cond.health == "failed" and "quota exceeded" in cond.message
+    # any other reconcile error: Seldon retries, so it is shown but not acted on
+    retried = assess(sdep(state="Failed", description="Operation cannot be fulfilled: "
+                          "the object has been modified"), None, NOW)
+    assert retried.health == "pending" and "cannot be fulfilled" in retried.message
     # a Failed from before our write says nothing about the new spec
-    assert assess(sdep(rv="11", state="Failed"), {"resourceVersion": "11"}).health == "pending"
+    assert assess(sdep(rv="11", state="Failed", description="no longer progressing"),
+                  {"resourceVersion": "11", "since": "2026-11-27T00:00:00Z"},
+                  NOW).health == "pending"
 
 
 def test_a_failed_canary_rolls_back_to_stable() -> None:
