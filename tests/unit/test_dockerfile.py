@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.devcluster.dockerfile import ignore_rules, ignored
 from controller.paths import ROOT
 
 TARGETS = ("controller", "trainer", "model-server")
@@ -101,48 +102,6 @@ def words(args: str) -> list[str]:
     return [p for p in parts if not p.startswith("--")]
 
 
-# ---------------------------------------------------------------- .dockerignore
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    out = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out)
-
-
-def dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
-    rules = []
-    for line in (ROOT / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = line[1:] if negate else line
-        rules.append((negate, _pattern_regex(pattern.strip("/"))))
-    return rules
-
-
-def ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
-    """Docker's rule: the last matching pattern wins; a pattern matching a directory
-    matches everything under it."""
-    parts = rel.split("/")
-    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    verdict = False
-    for negate, regex in rules:
-        if any(regex.fullmatch(p) for p in prefixes):
-            verdict = not negate
-    return verdict
-
-
 def repo_files(rel: str) -> list[str]:
     """Files git would put in a commit under ``rel`` (tracked or new, not gitignored)."""
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
@@ -177,7 +136,7 @@ def test_base_images_are_pinned() -> None:
 
 
 def test_copy_sources_exist_and_are_not_dockerignored() -> None:
-    rules = dockerignore()
+    rules = ignore_rules(ROOT)
     for stage in DOCKERFILE.stages.values():
         for _, sources, _dest in copies(stage):
             for src in sources:
@@ -190,7 +149,7 @@ def test_copy_sources_exist_and_are_not_dockerignored() -> None:
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
-    rules = dockerignore()
+    rules = ignore_rules(ROOT)
     for heavy in (".git/HEAD", ".venv/bin/python", ".venv-serving/bin/python", "tests/conftest.py",
                   "controller/__pycache__/api.cpython-311.pyc"):
         assert ignored(heavy, rules), heavy
@@ -262,7 +221,7 @@ def test_serving_environment_is_synced_into_its_own_venv() -> None:
 def lay_out(target: str, root: Path) -> Path:
     """The files the Dockerfile copies into ``target``, placed under ``root`` as in the
     image (``/app/crds`` → ``root/app/crds``), .dockerignore applied."""
-    rules = dockerignore()
+    rules = ignore_rules(ROOT)
     for stage in reversed(DOCKERFILE.chain(target)):
         for index, sources, dest in copies(stage):
             base = Path(DOCKERFILE.workdir_at(stage, index), dest)
