@@ -1,7 +1,8 @@
 """A small fixed-seed slice of the fault harness (``bench/chaos_bench.py`` runs it all).
 
 Each trial SIGKILLs the operator process at a random moment (seeded) of a local
-training launch, a model registration or a SpecRepository apply, restarts it, or
+training launch, a model registration, a SpecRepository apply or a canary rollout
+(real model servers under traffic), restarts it, or
 restarts the kube-apiserver / stops etcd for 10 s, lets the world settle and checks
 the invariants of ``tests/support/chaos.py``. The control plane is this test's own:
 restarting the session's API server or stopping its etcd would be felt by every test
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 SEED = 14
 PLAN = [("training-launch", 1), ("model-registration", 1), ("specrepo-apply", 2),
-        ("apiserver-restart-specrepo", 1), ("etcd-outage-specrepo", 1)]
+        ("apiserver-restart-specrepo", 1), ("etcd-outage-specrepo", 1), ("canary-step", 1)]
 
 
 @pytest.fixture

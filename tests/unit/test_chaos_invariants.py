@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.chaos import (
+from tests.support.chaos.harness import Trial, summary
+from tests.support.chaos.invariants import (
     LaunchRecord,
-    Trial,
     canary_steps,
     commits_matching,
     contains,
@@ -20,7 +20,7 @@ from tests.support.chaos import (
     retrain_per_episode,
     rollout_analyses,
     runs_accounted,
-    summary,
+    servers_accounted,
 )
 
 
@@ -205,6 +205,22 @@ def test_contains_compares_numbers_by_value_and_bools_by_identity() -> None:
     assert contains({"x": 1.0, "y": [1, 2]}, {"x": 1, "y": [1, 2]})
     assert not contains({"x": True}, {"x": 1})
     assert not contains({"y": [1, 2, 3]}, {"y": [1, 2]})
+
+
+# ----------------------------------------------------------------------- servers
+
+def test_the_recorded_servers_running_is_clean() -> None:
+    assert servers_accounted({8001, 8002}, {8001, 8002}) == []
+
+
+def test_a_server_nobody_recorded_is_a_leak() -> None:
+    found = servers_accounted({8001, 8003}, {8001})
+    assert [v.invariant for v in found] == ["server-leaked"] and "8003" in found[0].detail
+
+
+def test_a_recorded_server_that_is_gone_is_a_violation() -> None:
+    found = servers_accounted(set(), {8001})
+    assert [v.invariant for v in found] == ["server-missing"]
 
 
 # ----------------------------------------------------------------------- summary
