@@ -78,6 +78,7 @@ class Reason:
     MODEL_REGISTERED: Final = "ModelRegistered"
     FLOW_NOT_FOUND: Final = "FlowNotFound"
     INVALID_PARAMETERS: Final = "InvalidParameters"
+    INVALID_RESOURCES: Final = "InvalidResources"
     LOCAL_TRAINING_DISABLED: Final = "LocalTrainingDisabled"
     RETRAIN_REQUESTED: Final = "RetrainRequested"
     # ModelDeployment

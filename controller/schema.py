@@ -38,7 +38,7 @@ import jsonschema
 import yaml
 from celpy import celtypes
 
-from controller import api, objectmeta
+from controller import api, objectmeta, quantities
 from controller.paths import CRDS_DIR
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -319,8 +319,13 @@ def _friendly(err: jsonschema.ValidationError) -> str:
         return f"Invalid value: {inst}: should be {op} {err.validator_value}"
     if v == "type":
         return f'Invalid value: "{type(inst).__name__}": must be of type {err.validator_value}'
+    quantity = err.schema.get("pattern") == quantities.PATTERN
     if v == "anyOf":
-        return f"Invalid value: {inst!r}: must be an integer or a string"
+        hint = f' (a quantity such as "{inst}" or "500m" is a string)' if quantity else ""
+        return f"Invalid value: {inst!r}: must be an integer or a string{hint}"
+    if v == "pattern" and quantity:
+        return (f'Invalid value: "{inst}": not a Kubernetes quantity (such as 500m, 2, 1.5, '
+                "512Mi, 4Gi or 2G)")
     if v == "pattern":
         return f'Invalid value: "{inst}": should match \'{err.validator_value}\''
     if v in ("minItems", "maxItems", "minLength", "maxLength", "maxProperties"):
@@ -334,7 +339,7 @@ def _is_sorted(lst: celtypes.ListType) -> celtypes.BoolType:
 
 
 # The Kubernetes CEL library functions our rules use, beyond standard CEL.
-K8S_CEL_FUNCTIONS = {"isSorted": _is_sorted}
+K8S_CEL_FUNCTIONS = {"isSorted": _is_sorted, **quantities.CEL_FUNCTIONS}
 
 
 @functools.cache
@@ -465,3 +470,25 @@ def spec_section(kind: str, name: str, value: dict[str, Any] | None) -> dict[str
     default from the schema instead of restating it."""
     section = load_crds()[kind]["properties"]["spec"]["properties"][name]
     return apply_defaults(section, prune_nulls(section, dict(value or {})))
+
+
+@functools.cache
+def _section_validator(kind: str, name: str) -> Any:
+    return _Validator(to_jsonschema(load_crds()[kind]["properties"]["spec"]["properties"][name]))
+
+
+def section_problems(kind: str, name: str, value: Any) -> list[Problem]:
+    """What the CRD says about ``spec.<name>`` alone (OpenAPI, then its CEL rules): the
+    operator re-checks a stored object's section with the rules that admitted it (an
+    object stored under an older CRD is judged by today's)."""
+    section = load_crds()[kind]["properties"]["spec"]["properties"][name]
+    path: tuple[str | int, ...] = ("spec", name)
+    value, unsendable = json_value(value, path)
+    if unsendable:
+        return unsendable
+    value = prune_nulls(section, value)
+    problems = [Problem((*path, *err.absolute_path), _friendly(err))
+                for err in _section_validator(kind, name).iter_errors(value)]
+    if not problems:
+        problems = list(_cel_problems(section, apply_defaults(section, value), path))
+    return problems

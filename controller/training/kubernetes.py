@@ -1,5 +1,9 @@
 """Cluster-mode training: a ``batch/v1`` Job, owned by the Experiment, that runs the flow
-with Metaflow's Kubernetes compute (each step its own pod, GPUs from ``spec.resources``).
+with Metaflow's Kubernetes compute (each step its own pod, sized by ``spec.resources``).
+
+The Job's own container only drives the run (small, fixed requests); the steps' pods get
+``spec.resources`` through ``--with kubernetes:cpu=..,memory=..,gpu=..`` in Metaflow's
+units, and the Job's annotations carry the exact quantities asked for.
 
 ``render_job`` is pure; ``KubernetesTrainingBackend`` creates the Job, reads its state
 and its Pods' (from the operator's watches, ``controller.children``: no request per
@@ -12,7 +16,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from controller import api
+from controller import api, quantities, schema
 from controller.children import LABEL_JOB_NAME, Children
 from controller.kube import JOBS, PODS, Kube, owner_reference
 from controller.settings import Settings
@@ -39,15 +43,30 @@ def flow_args(parameters: dict[str, Any]) -> list[str]:
     return out
 
 
+def step_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
+    """``spec.resources`` with the CRD's defaults (cpu, memory, gpu) filled in."""
+    return schema.spec_section(api.EXPERIMENT.kind, "resources", resources)
+
+
 def kubernetes_decorator(resources: dict[str, Any], settings: Settings) -> str:
+    """``--with kubernetes:...`` for every step: cpu in cores, memory in whole MB (what
+    Metaflow writes into the step pods), both rounded up (``controller.quantities``)."""
+    res = quantities.metaflow_resources(step_resources(resources))
     parts = [f"image={settings.trainer_image}",
              f"service_account={settings.trainer_service_account}",
-             f"cpu={int(resources.get('cpu', 1))}",
-             f"memory={int(resources.get('memory', 2048))}"]
-    gpu = int(resources.get("gpu", 0))
-    if gpu:
-        parts.append(f"gpu={gpu}")
+             f"cpu={res['cpu']}", f"memory={res['memory']}"]
+    if int(res["gpu"]):
+        parts.append(f"gpu={res['gpu']}")
     return "kubernetes:" + ",".join(parts)
+
+
+def resource_annotations(resources: dict[str, Any]) -> dict[str, str]:
+    """The step pods' resources as asked, exact Kubernetes quantities, on the Job (Metaflow
+    is handed them rounded up to its units; these say what the spec asked for)."""
+    res = step_resources(resources)
+    return {f"{api.PREFIX}/resources-gpu": str(int(res["gpu"])),
+            f"{api.PREFIX}/resources-cpu": quantities.kubernetes_cpu(res["cpu"]),
+            f"{api.PREFIX}/resources-memory": quantities.kubernetes_memory(res["memory"])}
 
 
 def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Settings, *,
@@ -116,7 +135,7 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
         "metadata": {
             "name": name, "namespace": meta["namespace"], "labels": labels,
             "annotations": {f"{api.PREFIX}/run-key": f"{key.generation}/{key.trigger}",
-                            f"{api.PREFIX}/resources-gpu": str(int(resources.get("gpu", 0)))},
+                            **resource_annotations(resources)},
             "ownerReferences": [owner_reference(exp)],
         },
         "spec": {

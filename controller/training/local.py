@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from controller import quantities
 from controller.training.launcher import read_json, write_json, write_result
 
 State = Literal["starting", "running", "succeeded", "failed", "lost"]
@@ -48,7 +49,7 @@ class RunRequest:
     flow_name: str
     parameters: dict[str, object]
     tags: dict[str, str]
-    resources: dict[str, int] | None
+    resources: dict[str, int | str] | None  # spec.resources: integers or quantities
     workdir: Path  # one per attempt: progress, logs and the launcher's records go here
     env: dict[str, str] = field(default_factory=dict)
 
@@ -199,7 +200,8 @@ class LocalTrainingBackend:
         if not Path(req.flow_file).is_file():
             raise FileNotFoundError(f"flow file {req.flow_file} not found")
         workdir.mkdir(parents=True, exist_ok=True)
-        resources = {k: int(v) for k, v in (req.resources or {}).items() if v is not None}
+        # @resources: cpu in cores, memory in MB, rounded up (controller.quantities)
+        resources = quantities.metaflow_resources(req.resources)
         write_json(workdir / "request.json", {
             "flow_file": str(Path(req.flow_file).resolve()),
             "flow_name": req.flow_name,
@@ -231,7 +233,7 @@ class LocalTrainingBackend:
         })
         cpu = (req.resources or {}).get("cpu")
         if cpu:  # locally @resources is not enforced; at least size the thread pools
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(cpu))
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(quantities.threads(cpu))
         env.update(req.env)
         return env
 

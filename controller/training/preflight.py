@@ -1,5 +1,7 @@
-"""Checks before a run is launched: the flow file exists, defines the named FlowSpec,
-and declares every parameter with a compatible type.
+"""Checks before a run is launched: the resources are within the CRD's bounds (the API
+server enforced them on admission; an object stored under an older CRD is judged by
+today's), the flow file exists, defines the named FlowSpec, and declares every parameter
+with a compatible type.
 
 A problem here is a spec problem (Stalled until the spec or the code changes), so it is
 reported as a condition and never retried on a timer.
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller import api
+from controller import api, schema
 from controller.training import flowinspect
 
 
@@ -25,6 +27,9 @@ class Preflight:
 
 def preflight(exp: dict[str, Any], root: Path, extra: dict[str, Any]) -> Preflight:
     spec = exp["spec"]
+    bad = schema.section_problems(api.EXPERIMENT.kind, "resources", spec.get("resources") or {})
+    if bad:
+        return Preflight("; ".join(str(p) for p in bad), api.Reason.INVALID_RESOURCES)
     flow = spec["flow"]
     path = root / flow["file"]
     if not path.is_file():

@@ -51,7 +51,7 @@ def request(tmp: Path, parameters: dict, env: dict | None = None, **tags: str) -
         flow_file=FLOW, flow_name="PumpkinFlow", parameters=parameters,
         tags={"trellis.namespace": "farm", "trellis.name": "pumpkins", "trellis.uid": uid,
               "trellis.generation": "1", "trellis.attempt": "1", **tags},
-        resources={"cpu": 2, "memory": 2048}, workdir=tmp / f"run-{uid}", env=env or {},
+        resources={"cpu": "1500m", "memory": "2Gi"}, workdir=tmp / f"run-{uid}", env=env or {},
     )
 
 

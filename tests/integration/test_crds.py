@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support import specfuzz
 from tests.support.kube import Cluster
-from tests.support.specs import DELETE, REJECTED, SPEC_REPO, base, mutate
+from tests.support.specs import DELETE, QUANTITIES, REJECTED, SPEC_REPO, base, mutate
 
 pytestmark = pytest.mark.cluster
 
@@ -59,3 +61,26 @@ def test_schema_rule_rejected_by_api_server(cluster: Cluster, namespace: str, ki
     assert proc.returncode != 0, f"accepted: {doc}"
     for word in words:
         assert word in proc.stderr, proc.stderr
+
+
+def test_quantities_one_verdict(cluster: Cluster, tmp_path: Path) -> None:
+    """spec.resources cpu/memory quantities (pattern and CEL bounds): the API server and
+    ``trellis validate`` accept and refuse the same table, and it is the table's verdict."""
+    cases = [specfuzz.Case(i, "Experiment", mutate(base("Experiment"), path, value),
+                           ("quantity",)) for i, (path, value, _) in enumerate(QUANTITIES)]
+    server = specfuzz.ApiServer(cluster.dev).verdicts(cases)
+    wrong = []
+    for (path, value, ok), case, verdict in zip(QUANTITIES, cases, server, strict=True):
+        offline = specfuzz.offline_verdict(case, tmp_path)
+        if (verdict.accepted, offline.accepted) != (ok, ok):
+            wrong.append(f"{path}={value!r}: wanted {ok}, server {verdict.accepted} "
+                         f"({verdict.detail}), validate {offline.accepted} ({offline.detail})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_quantities_stored_as_written(cluster: Cluster, namespace: str) -> None:
+    doc = mutate(mutate(base("Experiment"), "spec.resources.cpu", "500m"),
+                 "spec.resources.memory", "4Gi")
+    cluster.apply(doc, namespace)
+    resources = cluster.get("experiment", doc["metadata"]["name"], namespace)["spec"]["resources"]
+    assert (resources["cpu"], resources["memory"]) == ("500m", "4Gi")

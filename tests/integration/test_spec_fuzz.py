@@ -39,6 +39,20 @@ def test_generated_specs_get_one_verdict(cluster: Cluster, tmp_path: Path) -> No
     assert len(out.breakages) >= 12, out.summary()
 
 
+def test_generated_quantities_get_one_verdict(cluster: Cluster, tmp_path: Path) -> None:
+    """spec.resources cpu/memory: generated quantities, edges, misspellings and YAML
+    spellings; the pattern and the CEL bounds (Kubernetes' quantity library on the server,
+    ``controller.quantities`` offline) give one verdict."""
+    cases = specfuzz.generate_quantities(150, SEED)
+    out = specfuzz.run(cases, specfuzz.ApiServer(cluster.dev), tmp_path)
+    print(out.summary())
+    assert not out.tracebacks, "\n\n".join(out.tracebacks[:3])
+    assert not out.server_errors, "\n".join(out.server_errors[:5])
+    assert not out.disagreements, "\n\n".join(out.disagreements[:5])
+    assert not out.sync_disagreements, "\n\n".join(out.sync_disagreements[:5])
+    assert out.accepted >= 30 and out.rejected >= 30, out.summary()
+
+
 def _judge(cluster: Cluster, tmp_path: Path, docs: list[tuple[str, Any]]
            ) -> list[tuple[bool | None, bool | None, str]]:
     cases = [specfuzz.Case(i, kind, doc, ("table",)) for i, (kind, doc) in enumerate(docs)]

@@ -5,9 +5,10 @@ property's type, enum, range, length, pattern and required-ness is read from the
 the CEL rules' constraints (which cannot be inverted automatically) are stated per field
 below. A case is a valid document plus zero to three breakages: a wrong type, a missing
 or ``null`` field, a number out of range or a float where an integer belongs, a string
-too long or off its pattern, an enum miss, an unknown field, a bad name, a broken CEL
-constraint, bad metadata (labels, annotations, finalizers), a status, YAML keys that are
-not strings, NaN, a wrong kind or apiVersion.
+too long or off its pattern, a resource quantity near its bounds or misspelt, an enum
+miss, an unknown field, a bad name, a broken CEL constraint, bad metadata (labels,
+annotations, finalizers), a status, YAML keys that are not strings, NaN, a wrong kind or
+apiVersion.
 
 Each case is written as the YAML file a user would have. ``trellis validate`` reads that
 file, and the API server judges it twice, each a dry-run create with strict field
@@ -40,6 +41,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +134,59 @@ def _ref() -> st.SearchStrategy[dict[str, str]]:
     )
 
 
+def _cpu() -> st.SearchStrategy[int | str]:
+    """Valid cpu: whole cores, or 1m..256 cores written in one of the quantity forms."""
+    def render(millicores: int, form: str) -> str:
+        cores = Decimal(millicores) / 1000
+        return {"m": f"{millicores}m", "cores": format(cores, "f"),
+                "u": f"{millicores * 1000}u", "n": f"{millicores * 10**6}n",
+                "e": f"{millicores}.0e-3", "k": format(cores / 1000, "f") + "k"}[form]
+    return st.one_of(st.integers(1, 256), st.builds(
+        render, st.one_of(st.integers(1, 256_000), st.sampled_from([1, 1000, 256_000])),
+        st.sampled_from(["m", "cores", "u", "n", "e", "k"])))
+
+
+def _memory() -> st.SearchStrategy[int | str]:
+    """Valid memory: whole MiB, or 128Mi..1Ti as a count of a binary or decimal unit (or a
+    decimal fraction of one), bounds included. (Exponent forms carry a dot: PyYAML then
+    quotes them, where kubectl would read a plain ``134e+6`` as a number.)"""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6,
+             "G": 10**9, "": 1, "e+6": 10**6, "E+9": 10**9}
+    low, high = 128 * 2**20, 2**40
+
+    def render(unit: str, share: float, tenths: bool) -> str:
+        size = units[unit]
+        scale = 10 if tenths else 1
+        count = math.ceil(low * scale / size) + int(share * (high * scale // size
+                                                            - math.ceil(low * scale / size)))
+        number = format(Decimal(count) / scale, "f")
+        if unit[:1] in "eE" and "." not in number:
+            number += ".0"  # 134e+6 written plain is a float to kubectl; 134.0e+6 is quoted
+        return number + unit
+    return st.one_of(st.integers(128, 2**20), st.builds(
+        render, st.sampled_from(sorted(units)),
+        st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0])), st.booleans()))
+
+
+# Quantities near the bounds and in odd spellings, valid or not (the "quantity" breakage).
+QUANTITY_EDGES = {
+    "cpu": ["1m", "0.001", "999999n", "0.0009", "256", "256000m", "256001m", "0", "-1",
+            "1e3", "1e100", "1e1.5", "2K", "2ki", "500 m", ".5m", "1.", "+1", "0x1", "1_000m",
+            "Infinity", "NaN", "", "m", 0, 257, 256, "1000000001n", "1\n"],
+    "memory": ["128Mi", "134217728", "134217727", "127.99999Mi", "0.125Gi", "1Ti", "1Ti ",
+               "1099511627776", "1099511627777", "1.0000000001Ti", "1024Gi", "1100G",
+               "4GB", "4gi", "4G i", "-4Gi", "2048", "1Pi", "8Ei", "9Ei", "1e15", "0.1e10",
+               "1.e+9", 127, 128, 1048576, 1048577, "4Mi\n", ""],
+}
+
 # Fields whose valid values a CEL rule constrains: (kind, path) -> strategy.
 OVERRIDES: dict[tuple[str, Path_], Callable[[], st.SearchStrategy[Any]]] = {
     ("Experiment", ("spec", "flow", "file")): lambda: st.from_regex(
         r"(flows/)?[a-z][a-z0-9_]{0,16}\.py", fullmatch=True),
     ("Experiment", ("spec", "parameters")): lambda: st.dictionaries(
         st.from_regex(IDENTIFIER, fullmatch=True), SCALARS, max_size=4),
+    ("Experiment", ("spec", "resources", "cpu")): _cpu,
+    ("Experiment", ("spec", "resources", "memory")): _memory,
     ("ModelDeployment", ("spec", "model", "version")): lambda: st.one_of(
         st.integers(1, 10**6), st.just("latest")),
     ("ModelDeployment", ("spec", "canary", "steps")): _steps,
@@ -332,7 +381,7 @@ def breakage(draw: st.DrawFn, kind: str, doc: dict[str, Any],
         "status", "keys", "type-meta", "length",
         *(["out-of-range", "number-form"] if has & {"integer", "number"} else []),
         *(["enum"] if "enum" in has else []), *(["pattern"] if "pattern" in has else []),
-        *(["parameters"] if kind == "Experiment" else []), "yaml-spelling",
+        *(["parameters", "quantity"] if kind == "Experiment" else []), "yaml-spelling",
     ], rotation)))
     paths = [p for p in present_paths(doc) if p[:1] != ("apiVersion",)] or [("spec",)]
     if what == "wrong-type":
@@ -378,7 +427,7 @@ def breakage(draw: st.DrawFn, kind: str, doc: dict[str, Any],
                                               "", "other"])))
     elif what == "pattern":
         path, node = draw(st.sampled_from([(p, n) for p, n in fields if "pattern" in n]))
-        base = draw(from_schema(kind, node, path))
+        base = str(draw(from_schema(kind, node, path)))
         bad = draw(st.sampled_from(["\n", " ", "é", "-", ".", "/", "A", "0", "$", "ms"]))
         where = draw(st.sampled_from(["end", "start", "replace"]))
         value = (base + bad if where == "end" else bad + base if where == "start"
@@ -424,6 +473,9 @@ def breakage(draw: st.DrawFn, kind: str, doc: dict[str, Any],
             {"ok_name": "fine"}, {"CamelCase": True}, {"1st": 1}, {"x": {}},
         ]))
         _set(doc, ("spec", "parameters"), value)
+    elif what == "quantity":
+        name = draw(st.sampled_from(sorted(QUANTITY_EDGES)))
+        _set(doc, ("spec", "resources", name), draw(st.sampled_from(QUANTITY_EDGES[name])))
     elif what == "yaml-spelling":
         scalars = [p for p, n in fields if n.get("type") in ("integer", "number", "string",
                                                              "boolean")
@@ -607,6 +659,46 @@ def generate(count: int, seed: int) -> list[Case]:
             round_ += 1
         del drawn[want:]
     return [Case(i, kind, doc, broken) for i, (kind, doc, broken) in enumerate(drawn)]
+
+
+@st.composite
+def quantity_case(draw: st.DrawFn, rotation: int) -> tuple[str, Any, tuple[str, ...]]:
+    """An Experiment whose cpu or memory is a generated quantity, an edge, a misspelling, a
+    number form or a plain YAML spelling (the slice ``generate_quantities`` draws)."""
+    doc = draw(valid_document("Experiment", full=True))
+    name = draw(st.sampled_from(["cpu", "memory"]))
+    path: Path_ = ("spec", "resources", name)
+    what = draw(st.sampled_from(_rotated(["valid", "quantity", "pattern", "number-form",
+                                          "yaml-spelling"], rotation)))
+    if what == "quantity":
+        _set(doc, path, draw(st.sampled_from(QUANTITY_EDGES[name])))
+    elif what == "pattern":
+        value = str(_get(doc, path))
+        bad = draw(st.sampled_from([" ", "i", "B", "K", "e", ".", "-", "1", "\n", "m"]))
+        _set(doc, path, draw(st.sampled_from([value + bad, bad + value, value[:-1]])))
+    elif what == "number-form":
+        _set(doc, path, draw(st.sampled_from([*NUMBER_FORMS, 0.5, 128.0, 2048.0, 1e3])))
+    elif what == "yaml-spelling":
+        _set(doc, path, Plain(draw(st.sampled_from(
+            [*SPELLINGS, "1e3", "1.5e+9", "500e-3", "0x100", "2_048", "4Gi", "0.5"]))))
+    return "Experiment", doc, (f"resources-{what}",)
+
+
+def generate_quantities(count: int, seed: int) -> list[Case]:
+    """``count`` Experiments about ``spec.resources`` quantities, from a fixed seed."""
+    drawn: list[tuple[str, Any, tuple[str, ...]]] = []
+    round_ = 0
+    while len(drawn) < count:
+        @settings(max_examples=min(CHUNK, count - len(drawn)), database=None, deadline=None,
+                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        @hypothesis_seed(seed * 100_000 + round_)
+        @given(quantity_case(round_))
+        def collect(case: tuple[str, Any, tuple[str, ...]]) -> None:
+            drawn.append(case)
+
+        collect()
+        round_ += 1
+    return [Case(i, kind, doc, broken) for i, (kind, doc, broken) in enumerate(drawn[:count])]
 
 
 # ---------------------------------------------------------------------------- judges

@@ -116,6 +116,35 @@ AS_THE_SERVER_READS = [
     (MDEP, "spec.drift", {"action": "retrain", "enabled": None}, False),
 ]
 
+# spec.resources quantities: (path, value, accepted), judged alike by the CRD on the real
+# API server (tests/integration/test_crds.py) and by ``trellis validate``
+# (tests/unit/test_quantities.py).
+CPU, MEMORY = "spec.resources.cpu", "spec.resources.memory"
+QUANTITIES = [
+    (CPU, "500m", True), (CPU, "2", True), (CPU, "1.5", True), (CPU, "0.1", True),
+    (CPU, "1m", True), (CPU, "256", True), (CPU, "1.e+2", True), (CPU, "+0.5", True),
+    (CPU, "2.", True), (CPU, "1000000n", True), (CPU, "0.25e+1", True), (CPU, 4, True),
+    (CPU, 256, True),
+    (CPU, "0.5m", False),  # below 1m
+    (CPU, "999999n", False), (CPU, "0", False), (CPU, 0, False), (CPU, "-1", False),
+    (CPU, "257", False), (CPU, "256001m", False), (CPU, 257, False), (CPU, "1e3", False),
+    (CPU, "1k", False), (CPU, "0.256k", True),
+    (CPU, "1 ", False), (CPU, "1K", False), (CPU, "1e1.5", False), (CPU, "1e100", False),
+    (CPU, "e3", False), (CPU, "", False), (CPU, ".", False), (CPU, "1.5.", False),
+    (CPU, "two", False), (CPU, "1\n", False), (CPU, "1mi", False), (CPU, 0.5, False),
+    (MEMORY, "4Gi", True), (MEMORY, "512Mi", True), (MEMORY, "2G", True),
+    (MEMORY, "128Mi", True), (MEMORY, "1Ti", True), (MEMORY, "134217728", True),
+    (MEMORY, "1.5Gi", True), (MEMORY, "0.5Gi", True), (MEMORY, "1.5e+9", True),
+    (MEMORY, "131072Ki", True), (MEMORY, "0.001Ti", True), (MEMORY, 2048, True),
+    (MEMORY, 128, True), (MEMORY, 1048576, True),
+    (MEMORY, "127Mi", False), (MEMORY, "134217727", False),  # one byte short of 128Mi
+    (MEMORY, "2048", False),  # a string without a unit counts bytes
+    (MEMORY, "1.0000001Ti", False), (MEMORY, "1100G", False), (MEMORY, "2Ei", False),
+    (MEMORY, 127, False), (MEMORY, 1048577, False), (MEMORY, 0, False),
+    (MEMORY, "4GB", False), (MEMORY, "4gi", False), (MEMORY, "4 Gi", False),
+    (MEMORY, "-4Gi", False), (MEMORY, 2048.5, False),
+]
+
 # Plain YAML scalars read as kubectl reads them (go-yaml v2, then JSON), not as PyYAML
 # does: (what, spec file text, accepted); kubectl's verdicts, checked against the real
 # server in tests/integration/test_spec_fuzz.py.
@@ -125,7 +154,7 @@ metadata: {{name: e{meta}}}
 spec:
   flow: {{file: flows/f.py, name: {name}}}
   objective: {{metric: accuracy, goal: maximize, threshold: {threshold}}}
-  resources: {{gpu: {gpu}}}
+  resources: {{gpu: {gpu}{resources}}}
 """
 _MDEP = """apiVersion: mlops.trellis.dev/v1alpha1
 kind: ModelDeployment
@@ -143,8 +172,10 @@ spec:
 """
 
 
-def _exp(name: str = "F", threshold: str = "0.9", gpu: str = "0", meta: str = "") -> str:
-    return _EXP.format(name=name, threshold=threshold, gpu=gpu, meta=meta)
+def _exp(name: str = "F", threshold: str = "0.9", gpu: str = "0", meta: str = "",
+         resources: str = "") -> str:
+    return _EXP.format(name=name, threshold=threshold, gpu=gpu, meta=meta,
+                       resources=resources)
 
 
 def _mdep(version: str = "latest", steps: str = "[10, 50, 100]", interval: str = "30s") -> str:
@@ -168,6 +199,14 @@ SPELLINGS = [
     ("a label value yes is a boolean", _exp(meta=", labels: {app: yes}"), False),
     ("a label value 2024-01-01 is the string", _exp(meta=", labels: {day: 2024-01-01}"),
      True),  # PyYAML: a date
+    ("cpu: 500m is a quantity", _exp(resources=", cpu: 500m"), True),
+    ("cpu: 0.5 is a float: refused (quote it, or write 500m)", _exp(resources=", cpu: 0.5"),
+     False),
+    ("cpu: 2.0 is the integer 2", _exp(resources=", cpu: 2.0"), True),
+    ("cpu: 1e2 is the integer 100 (PyYAML: a string)", _exp(resources=", cpu: 1e2"), True),
+    ("memory: 4Gi is a quantity", _exp(resources=", memory: 4Gi"), True),
+    ("memory: 1e3 is the integer 1000: MiB", _exp(resources=", memory: 1e3"), True),
+    ("memory: '1e3' is a quantity: 1000 bytes", _exp(resources=", memory: '1e3'"), False),
     ("steps [10, 50, 100.0] are integers (JSON carries 100)", _mdep(steps="[10, 50, 100.0]"),
      True),
     ("version 0x2 is 2", _mdep(version="0x2"), True),

@@ -62,7 +62,8 @@ def test_training_job() -> None:
     assert "run" in cmd and "--with" in cmd
     decorator = cmd[cmd.index("--with") + 1]
     assert decorator.startswith("kubernetes:image=reg/trainer:1")
-    assert "gpu=1" in decorator and "cpu=4" in decorator and "memory=8192" in decorator
+    # 8192 MiB in MB, rounded up (Metaflow writes "<n>M" into the step pods)
+    assert "gpu=1" in decorator and "cpu=4" in decorator and "memory=8590" in decorator
     assert cmd[cmd.index("--epochs") + 1] == "3" and cmd[cmd.index("--augment") + 1] == "true"
     assert cmd[cmd.index("--tag"):cmd.index("--tag") + 2] == ["--tag", "trellis.uid:u-2"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
