@@ -9,6 +9,7 @@ from controller.children import Children
 from controller.kube import Kube
 from controller.loop import Reconciler, Wakeups
 from controller.metrics import OperatorMetrics
+from controller.retrain_requests import RetrainRequests
 from controller.settings import Settings
 
 
@@ -22,10 +23,14 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
     # The children the operator owns, as its watches see them (no watches: read by GET).
     children: Children = field(default=None)  # type: ignore[assignment]
+    # The ModelDeployments' retrain requests, per Experiment (no index: read by LIST).
+    retrain_requests: RetrainRequests = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.children is None:
             self.children = Children(self.kube)
+        if self.retrain_requests is None:
+            self.retrain_requests = RetrainRequests(self.kube)
 
     async def close(self) -> None:
         for rec in self.reconcilers.values():

@@ -1,8 +1,10 @@
 """Drift episodes: what the operator does with each window's verdict.
 
 Pure decision over (previous ``status.drift``, this check's observations) -> (next
-``status.drift``, Events, an optional retrain request, desired conditions). Everything
-needed to resume lives in the status and in the Experiment's ``status.retrain``, so a
+``status.drift``, Events, an optional retrain request, desired conditions). The request
+goes onto the deployment's own status (``status.drift.retrain``), in the same write as
+the episode that asked for it: the Experiment reconciler adopts it from there and writes
+its own ``status.retrain``. Everything needed to resume lives in those two statuses, so a
 restarted operator neither forgets an episode nor asks for a second retrain.
 """
 
@@ -66,7 +68,9 @@ class DriftPolicy:
 
 @dataclass(frozen=True)
 class LastRetrain:
-    """The Experiment's ``status.retrain``: the cooldown clock and the per-episode dedupe."""
+    """A retrain request as a status records it: the Experiment's ``status.retrain`` (the
+    one it adopted) or the deployment's ``status.drift.retrain`` (the last it made). The
+    later of the two starts the cooldown clock."""
 
     episode: str
     requested_at: datetime
@@ -91,17 +95,20 @@ class RetrainRequest:
     requested_at: datetime
     window: int
     p_values: dict[str, float]
+    experiment: str | None = None  # the Experiment asked to retrain
 
     def to_status(self) -> dict[str, Any]:
-        """The Experiment's ``status.retrain`` (the caller adds ``feedbackUri``)."""
-        return {
+        """The deployment's ``status.drift.retrain`` (the caller adds ``feedbackUri``)."""
+        status = {
             "episode": self.episode,
             "requestedAt": now_iso(self.requested_at),
-            "deployment": self.deployment,
             "reason": self.reason,
             "window": self.window,
             "pValues": dict(self.p_values),
         }
+        if self.experiment:
+            status["experiment"] = self.experiment
+        return status
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ class DriftEvent:
 class DriftDecision:
     status: dict[str, Any]  # the complete next status.drift (keys are never removed)
     events: tuple[DriftEvent, ...]  # only on transitions
-    retrain: RetrainRequest | None
+    retrain: RetrainRequest | None  # new this check (also in status["retrain"])
     conditions: dict[str, tuple[str, str] | None]  # type -> (reason, message); None: absent
 
 
@@ -133,6 +140,7 @@ def next_drift_state(
     labelled: int = 0,
     labels_wanted: int = 0,
     labels_since_onset: int = 0,
+    experiment: str | None = None,
 ) -> DriftDecision:
     """The next ``status.drift`` from the last one and this check's observations.
 
@@ -140,12 +148,15 @@ def next_drift_state(
     least ``min_labelled`` labels) turns true, keeps its id (``<deployment>-v<ref>-<UTC
     start>``) while it holds, and ends when it clears or the reference changes. With no
     verdict at all (``result`` None for want of samples, accuracy unknown) nothing moves.
-    A retrain is requested at most once per episode and never within ``cooldown_s`` of the
-    last one; ``last_retrain`` comes from the Experiment, so both hold across restarts.
-    Write the Experiment's ``status.retrain`` first, then this status: if the second write
-    is lost, the next call finds the episode there and adopts it instead of asking twice.
-    A retrain also waits until ``labels_wanted`` labelled inputs arrived since the onset
-    (``labels_since_onset``): training on the new world needs examples of it.
+    A retrain is requested at most once per episode (``retrainRequested``) and never within
+    ``cooldown_s`` of the last request: the later of this deployment's own (``retrain`` in
+    ``previous``) and ``last_retrain``, the Experiment's ``status.retrain`` (read, never
+    written here: another deployment of the same Experiment may have asked). The request
+    is part of the returned status, so one write records the episode, the flag and the
+    request together: a lost write loses all three, and the Experiment, which adopts
+    requests only from this status, never saw it. A retrain also waits until
+    ``labels_wanted`` labelled inputs arrived since the onset (``labels_since_onset``):
+    training on the new world needs examples of it.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -180,10 +191,6 @@ def next_drift_state(
             now_iso(now),
             False,
         )
-        if last_retrain is not None and _lost_write(
-            prev, last_retrain, deployment, reference_version
-        ):
-            episode, detected_at = last_retrain.episode, now_iso(last_retrain.requested_at)
         events.append(
             DriftEvent(
                 "Warning",
@@ -195,14 +202,9 @@ def next_drift_state(
         events.append(DriftEvent("Normal", Reason.DRIFT_CLEARED, f"episode {episode} ended"))
 
     retrain, deferred = None, ""
-    if active and last_retrain is not None and last_retrain.episode == episode:
-        requested = True
     if active and policy.action == "retrain" and not requested:
-        ready = (
-            last_retrain.requested_at + timedelta(seconds=policy.cooldown_s)
-            if last_retrain is not None
-            else now
-        )
+        clock = _latest(last_retrain, LastRetrain.from_status(prev.get("retrain")))
+        ready = clock.requested_at + timedelta(seconds=policy.cooldown_s) if clock else now
         if labels_since_onset < labels_wanted:
             deferred = (f"; retrain waits for labelled inputs ({labels_since_onset}/"
                         f"{labels_wanted} since the onset)")
@@ -217,6 +219,7 @@ def next_drift_state(
                 now,
                 result.window if result else int(prev.get("window", 0)),
                 {f["name"]: f["pValue"] for f in feats},
+                experiment,
             )
             requested = True
             events.append(
@@ -255,6 +258,10 @@ def next_drift_state(
     }
     if episode:
         status.update(episode=episode, detectedAt=detected_at)
+    if retrain is not None:
+        status["retrain"] = retrain.to_status()
+    elif prev.get("retrain"):
+        status["retrain"] = dict(prev["retrain"])  # the last request: the cooldown clock
     if live_accuracy is not None:
         status["liveAccuracy"] = round(float(live_accuracy), 4)
     elif "liveAccuracy" in prev:
@@ -278,18 +285,9 @@ def next_drift_state(
     return DriftDecision(status, tuple(events), retrain, conditions)
 
 
-def _lost_write(
-    prev: Mapping[str, Any], last: LastRetrain, deployment: str, reference_version: int
-) -> bool:
-    """Did the last cycle request a retrain for an episode its status write then lost?"""
-    checked = prev.get("checkedAt")
-    return (
-        checked is not None
-        and last.deployment in (None, deployment)
-        and last.episode.startswith(f"{deployment}-v{reference_version}-")
-        and last.episode != prev.get("episode")
-        and last.requested_at >= _required_time(checked)
-    )
+def _latest(*retrains: LastRetrain | None) -> LastRetrain | None:
+    known = [r for r in retrains if r is not None]
+    return max(known, key=lambda r: r.requested_at) if known else None
 
 
 def _evidence(result: DriftResult | None, why: str) -> str:

@@ -3,8 +3,12 @@
 Owns ``status.drift`` and the DriftDetected / AccuracyDegraded conditions. Reads the
 request log (written by the local router, or by the CloudEvents receiver that Seldon's
 request logger feeds in a cluster), decides with ``drift_episodes.next_drift_state``,
-and on a retrain decision writes the Experiment's ``status.retrain`` *first* — the
-Experiment reconciler starts exactly one run per episode from there.
+and on a retrain decision exports the labelled live inputs and puts the request on the
+deployment's own status (``status.drift.retrain``), written with the rest of the status
+in the loop's one patch. It writes nothing else: the Experiment reconciler, woken by
+that write, adopts the request into the Experiment's ``status.retrain`` and starts
+exactly one run per episode (``training.decide.adopt_retrain``). The Experiment is only
+read here — its objective, retrain policy and last retrain (the cooldown clock).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from controller.context import Context
 from controller.drift import Reference
 from controller.drift_episodes import DriftPolicy, LastRetrain, next_drift_state
 from controller.failures import ModelUnreadable
-from controller.kube import EXPERIMENTS
 from controller.logs import object_ref
 from controller.loop import Event
 from controller.serving.requestlog_read import RequestLogReader, deployment_log_dir
@@ -112,9 +115,12 @@ class DriftMonitor:
             samples=len(window), last_retrain=LastRetrain.from_status(exp_status.get("retrain")),
             live_accuracy=accuracy, labelled=labelled,
             labels_wanted=self.ctx.settings.retrain_min_labels if wants_labels else 0,
-            labels_since_onset=since_onset)
+            labels_since_onset=since_onset, experiment=exp["metadata"]["name"])
         if decision.retrain is not None:
-            await self._request_retrain(obj, exp, decision.retrain, onset, export=wants_labels)
+            feedback = await self._export_feedback(obj, exp, decision.retrain.episode, onset,
+                                                   export=wants_labels)
+            if feedback:
+                decision.status["retrain"]["feedbackUri"] = feedback
         status["drift"] = decision.status
         conds = status.get("conditions")
         for ctype, value in decision.conditions.items():
@@ -149,23 +155,19 @@ class DriftMonitor:
             self._references[key] = cached
         return cached[1]
 
-    async def _request_retrain(self, obj: dict[str, Any], exp: dict[str, Any], request,
-                               onset: float | None, *, export: bool) -> None:
-        """``export``: the Experiment learns from feedback (``retrain.includeFeedback``)."""
-        meta, exp_meta = obj["metadata"], exp["metadata"]
+    async def _export_feedback(self, obj: dict[str, Any], exp: dict[str, Any], episode: str,
+                               onset: float | None, *, export: bool) -> str | None:
+        """The labelled live inputs since the onset, exported for the retrain (None: none,
+        or the Experiment does not learn from feedback: ``retrain.includeFeedback``). A
+        status write lost after this leaves the file unread: the next request re-exports."""
+        exp_meta = exp["metadata"]
         target = (self.ctx.settings.state_dir / "retrain" / exp_meta["namespace"]
-                  / exp_meta["name"] / f"{request.episode}.npz")
+                  / exp_meta["name"] / f"{episode}.npz")
         count = 0
         if export:
             target.parent.mkdir(parents=True, exist_ok=True)
             count = await asyncio.to_thread(RequestLogReader(self.log_dir(obj)).export_labelled,
                                             target, onset)
-        retrain = request.to_status()
-        retrain["deployment"] = meta["name"]
-        if count:
-            retrain["feedbackUri"] = str(target)
-        await self.ctx.kube.patch_status(EXPERIMENTS, exp_meta["namespace"], exp_meta["name"],
-                                         {"retrain": retrain})
-        self.ctx.metrics.retrains.inc()
-        log.info("retrain requested for %s/%s (episode %s, %d labelled inputs)",
-                 exp_meta["namespace"], exp_meta["name"], request.episode, count)
+        log.info("retrain of %s/%s requested (episode %s, %d labelled inputs)",
+                 exp_meta["namespace"], exp_meta["name"], episode, count, extra=object_ref(obj))
+        return str(target) if count else None

@@ -6,8 +6,11 @@ releases what the object owned outside the API server (local processes, caches).
 Per kind of child we own (training Jobs, their Pods, SeldonDeployments): an index keeps
 it in memory for the reconcilers (``controller.children``) and an event handler wakes
 its owner's loop when it changes; kopf fills the indices before any daemon starts.
-Handlers that touch the loops' asyncio state are ``async``: kopf runs a plain ``def`` in
-a worker thread, and asyncio objects may not be used from another thread.
+An index of the ModelDeployments' retrain requests (``controller.retrain_requests``) lets
+the Experiment reconciler adopt them from memory; the deployment's event handler wakes
+the Experiment it asks. Handlers that touch the loops' asyncio state are ``async``: kopf
+runs a plain ``def`` in a worker thread, and asyncio objects may not be used from another
+thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import kopf
 
 from controller import api, children
 from controller import operator as op
+from controller import retrain_requests as requests
 from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS
 
 DAEMON_OPTS: dict[str, Any] = {"cancellation_timeout": 10.0, "initial_delay": 0}
@@ -29,11 +33,12 @@ SELDON = (SELDON_DEPLOYMENTS.group, SELDON_DEPLOYMENTS.version, SELDON_DEPLOYMEN
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, owned_jobs: kopf.Index,
                   owned_pods: kopf.Index, owned_seldondeployments: kopf.Index,
-                  **_: Any) -> None:
+                  retrain_requests: kopf.Index, **_: Any) -> None:
     op.configure_kopf(settings)
     memo.ctx = await op.build_context(indices={
         children.JOBS_INDEX: owned_jobs, children.PODS_INDEX: owned_pods,
-        children.SELDON_INDEX: owned_seldondeployments}, namespaces=memo.get("namespaces"))
+        children.SELDON_INDEX: owned_seldondeployments,
+        requests.INDEX: retrain_requests}, namespaces=memo.get("namespaces"))
 
 
 @kopf.on.login()
@@ -85,6 +90,11 @@ async def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int,
                              **_: Any) -> None:
     await op.on_delete(memo.ctx, api.MODEL_DEPLOYMENT.kind, body, retry)
+
+
+@kopf.index(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural, id=requests.INDEX)
+async def deployment_retrain_requests(body: kopf.Body, **_: Any) -> dict:
+    return requests.index_entry(body)
 
 
 # -------------------------------------------------------------- SpecRepository

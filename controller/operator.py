@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from controller import api, children, failures
+from controller import api, children, failures, retrain_requests
 from controller.context import Context
 from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, Kube
 from controller.loop import run_loop, snapshot
@@ -60,7 +60,8 @@ async def build_context(settings: Settings | None = None,
                         indices: Mapping[str, Any] | None = None,
                         namespaces: list[str] | None = None) -> Context:
     """The shared context; ``indices`` are kopf's indices of the children we own,
-    watched in ``namespaces`` (None: cluster-wide)."""
+    watched in ``namespaces`` (None: cluster-wide), and of the ModelDeployments' retrain
+    requests."""
     from controller.reconcilers.deployments import ModelDeploymentReconciler
     from controller.reconcilers.experiments import ExperimentReconciler
     from controller.reconcilers.specrepos import SpecRepositoryReconciler
@@ -71,7 +72,9 @@ async def build_context(settings: Settings | None = None,
     if indices is not None:
         await children.require_watch_access(kube, namespaces)
     ctx = Context(settings=settings, kube=kube, metrics=metrics,
-                  children=children.Children(kube, indices))
+                  children=children.Children(kube, indices),
+                  retrain_requests=retrain_requests.RetrainRequests(
+                      kube, (indices or {}).get(retrain_requests.INDEX)))
     ctx.reconcilers = {
         api.EXPERIMENT.kind: ExperimentReconciler(ctx),
         api.MODEL_DEPLOYMENT.kind: ModelDeploymentReconciler(ctx),
@@ -147,7 +150,7 @@ def on_event(ctx: Context, kind: str, body: kopf.Body) -> None:
     rec = ctx.reconcilers.get(kind)
     related = getattr(rec, "related", None)
     if related is not None:
-        for other_kind, ns, name in related(snapshot(body)):
+        for other_kind, ns, name in related(body):  # reads only: kopf's body, not a copy
             if name is None:  # every object of that kind in the namespace
                 ctx.wakeups.wake_namespace(other_kind, ns)
             else:

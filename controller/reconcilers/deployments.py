@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from controller import api, conditions
@@ -88,6 +89,14 @@ class ModelDeploymentReconciler:
         self.receiver_runner = runner
         bound = runner.addresses[0][1] if runner.addresses else port
         self.ctx.extras["request_logger_port"] = bound
+
+    def related(self, obj: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+        """The Experiment this deployment asks to retrain, while the episode that asked
+        is open: the write that carries the request wakes it to adopt it."""
+        if not retrain_pending(obj):
+            return []
+        return [(api.EXPERIMENT.kind, obj["metadata"]["namespace"],
+                 obj["spec"]["model"]["experiment"])]
 
     async def reconcile(self, obj: dict[str, Any]) -> Outcome:
         meta, spec = obj["metadata"], obj.get("spec") or {}
@@ -166,6 +175,8 @@ class ModelDeploymentReconciler:
             outcome.events += found
             if any(e.reason == api.Reason.DRIFT_DETECTED for e in found):
                 outcome.counts.append(Count("drift"))
+            if any(e.reason == api.Reason.RETRAIN_REQUESTED for e in found):
+                outcome.counts.append(Count("retrains"))
         elif "drift" in status:
             status.pop("drift")
             status["conditions"] = conditions.remove_condition(status["conditions"],
@@ -331,6 +342,14 @@ class ModelDeploymentReconciler:
 
 class MissingSecret(RuntimeError):
     pass
+
+
+def retrain_pending(obj: Mapping[str, Any]) -> bool:
+    """Whether the deployment's open drift episode asked for a retrain."""
+    drift = (obj.get("status") or {}).get("drift") or {}
+    request = drift.get("retrain") or {}
+    return bool(drift.get("detected") and drift.get("retrainRequested")
+                and request.get("episode") and request.get("episode") == drift.get("episode"))
 
 
 def _counts(p: Plan) -> list[Count]:

@@ -5,6 +5,9 @@ The decisions live in ``controller.training.decide``; this module reads the worl
 (flow file, run state), launches through a training backend, and returns the status.
 Launching is two-phase — first ``status.currentRun`` is written, then the run starts —
 so an operator killed at any moment re-attaches instead of launching twice.
+
+A retrain request is on the status of the ModelDeployment that made it; an idle pass
+adopts it (``decide.adopt_retrain``) into ``status.retrain``, with the run it launches.
 """
 
 from __future__ import annotations
@@ -57,10 +60,12 @@ class ExperimentReconciler:
         requeue: float | None = None
 
         revision = (meta.get("annotations") or {}).get(api.ANN_FLOW_REVISION, "")
+        events += await self._adopt_retrain(obj, status)
         action = decide.next_action(spec, status, gen, now, revision)
         if isinstance(action, Launch):
+            probe = {**obj, "status": status}  # the retrain adopted in this pass included
             check = self._backend_allowed(spec) or await asyncio.to_thread(
-                preflight, obj, self._source_root(obj), self._extra_parameters(obj, action.key))
+                preflight, obj, self._source_root(obj), self._extra_parameters(probe, action.key))
             if check.problem:
                 return self._stalled(status, gen, check)
             status["currentRun"] = self._new_run(obj, action, check)
@@ -84,6 +89,23 @@ class ExperimentReconciler:
                                                            api.Cond.STALLED)
         self._summarise(status, spec, gen, action)
         return Outcome(status, events, requeue_after=requeue, counts=counts)
+
+    async def _adopt_retrain(self, obj: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+        """Take on a ModelDeployment's pending retrain request: ``status.retrain``."""
+        if status.get("currentRun"):
+            return []
+        meta = obj["metadata"]
+        requests = await self.ctx.retrain_requests.for_experiment(meta["namespace"], meta["name"])
+        cooldown = float((obj["spec"].get("retrain") or {}).get("cooldownSeconds", 0))
+        adopted = decide.adopt_retrain(
+            status, [(r.deployment, r.status) for r in requests], experiment=meta["name"],
+            cooldown_s=cooldown, created=conditions.parse_time(meta.get("creationTimestamp")))
+        if adopted is None:
+            return []
+        status["retrain"] = adopted
+        return [Event(api.Reason.RETRAIN_REQUESTED,
+                      f"retraining for drift episode {adopted['episode']}, requested by "
+                      f"ModelDeployment {adopted['deployment']}")]
 
     def _poll_seconds(self, spec: dict[str, Any]) -> float | None:
         """When to look at a running run again: a local run's files on a timer; a Job

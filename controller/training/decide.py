@@ -5,11 +5,17 @@ successful run (trigger ""), and every drift episode that asked for retraining o
 more (trigger = the episode id). Attempts of one key are retried per ``spec.retry``
 with exponential backoff; a key is never launched twice at once, which is what makes
 "never two runs for one generation" hold across operator restarts.
+
+Drift episodes reach an Experiment as requests on the status of the ModelDeployments
+that serve it (``status.drift.retrain``); ``adopt_retrain`` picks the one to act on and
+the Experiment records it on its own ``status.retrain``, in the same write as the run
+it launches for it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +82,43 @@ def needed_keys(generation: int, status: dict[str, Any], revision: str = "") -> 
                            int(r.get("generation", 0)) != generation for r in runs):
         keys.append(RunKey(generation, episode, revision))
     return keys
+
+
+def adopt_retrain(status: dict[str, Any], requests: Iterable[tuple[str, dict[str, Any]]],
+                  *, experiment: str, cooldown_s: float,
+                  created: dt.datetime | None = None) -> dict[str, Any] | None:
+    """The next ``status.retrain``, adopted from one of ``requests`` ((deployment, its
+    ``status.drift.retrain``)), or None: nothing to adopt.
+
+    Only while no run is in progress (the run in flight keeps the retrain it was launched
+    for). A request is pending when it names this Experiment (or nothing), is newer than
+    the last one adopted (older ones were made before that retrain, or were passed over)
+    by at least ``cooldown_s``, was made after the Experiment was ``created`` (not for a
+    deleted namesake), and its episode is neither the last adopted nor run already. Of
+    several, the earliest goes first; the next waits for that run and the cooldown.
+    """
+    if status.get("currentRun"):
+        return None
+    last = status.get("retrain") or {}
+    last_at = parse_time(last.get("requestedAt"))
+    triggers = {r.get("trigger") for r in status.get("runs") or []}
+    pending = []
+    for deployment, request in requests:
+        episode, at = request.get("episode"), parse_time(request.get("requestedAt"))
+        if not episode or at is None or request.get("experiment") not in (None, experiment):
+            continue
+        if episode == last.get("episode") or episode in triggers:
+            continue
+        if last_at is not None and (at - last_at).total_seconds() < max(cooldown_s, 1e-6):
+            continue
+        if created is not None and at < created:
+            continue
+        pending.append((at, deployment, request))
+    if not pending:
+        return None
+    _, deployment, request = min(pending, key=lambda p: (p[0], p[1]))
+    adopted = {k: v for k, v in request.items() if k != "experiment"}
+    return {**adopted, "deployment": deployment}
 
 
 def next_action(spec: dict[str, Any], status: dict[str, Any], generation: int,

@@ -4,6 +4,7 @@ operator), the new version is canaried and promoted, and drift clears."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ def test_drift_retrains_once_and_clears(cluster: Cluster, namespace: str,
     assert [r["trigger"] for r in retrains] == [episode], exp_status["runs"]
     assert exp_status["retrain"]["episode"] == episode
     assert exp_status["retrain"]["feedbackUri"]
+    # Ownership: the drift monitor wrote its request on the ModelDeployment's own status;
+    # the Experiment's status.retrain is its adoption of that request, and the Experiment
+    # side said so on the Experiment.
+    request = mdep_obj["status"]["drift"]["retrain"]
+    assert request["episode"] == episode and request["experiment"] == "classifier", request
+    assert exp_status["retrain"] == {**{k: v for k, v in request.items() if k != "experiment"},
+                                     "deployment": "classifier"}, (exp_status["retrain"], request)
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o",
+                                        "json").stdout)["items"]
+    adopted = [e["message"] for e in events if e["reason"] == "RetrainRequested"
+               and e["involvedObject"]["kind"] == "Experiment"]
+    assert adopted and all("ModelDeployment classifier" in m for m in adopted), adopted
     v2 = exp_status["models"][1]
     assert v2["trigger"] == episode and v2["version"] == 2
     assert mdep_obj["status"]["drift"]["detected"] is False

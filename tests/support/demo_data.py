@@ -184,6 +184,10 @@ def _drift(check: float, reference: int, retrained_at: float, episode: str) -> d
         status |= {"liveAccuracy": round(acc, 3), "labelledSamples": labelled}
     if check >= DETECTED:  # an ended episode keeps its id on the status
         status |= {"episode": episode, "detectedAt": iso(DETECTED), "retrainRequested": True}
+    if check >= RETRAIN_AT:  # the request, on the deployment's own status
+        status["retrain"] = {"episode": episode, "requestedAt": iso(RETRAIN_AT),
+                             "experiment": "classifier", "reason": "DriftDetected",
+                             "window": 200}
     return status
 
 

@@ -19,6 +19,7 @@ from controller.drift_episodes import (
     next_drift_state,
     parse_duration,
 )
+from controller.training.decide import adopt_retrain
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -211,45 +212,76 @@ def test_cooldown_defers_with_a_condition_message() -> None:
     assert decisions[2].retrain is None and decisions[2].status["retrainRequested"] is False
 
 
-def test_a_lost_status_write_adopts_the_episode_instead_of_retraining_twice() -> None:
-    first = next_drift_state(
-        None,
-        _verdict(False),
+def _check(previous: Mapping[str, Any] | None, t: int, drift: bool,
+           experiment: Mapping[str, Any] | None = None) -> Any:
+    return next_drift_state(
+        previous,
+        _verdict(drift),
         policy=RETRAIN,
-        now=T0,
+        now=T0 + timedelta(minutes=t),
         deployment="pumpkins",
         reference_version=3,
         samples=500,
-        last_retrain=None,
+        last_retrain=LastRetrain.from_status(experiment),
+        experiment="classifier",
     )
-    # t=1: drift, the Experiment got its retrain, then the status write was lost.
-    lost = next_drift_state(
-        first.status,
-        _verdict(True),
-        policy=RETRAIN,
-        now=T0 + timedelta(minutes=1),
-        deployment="pumpkins",
-        reference_version=3,
-        samples=500,
-        last_retrain=None,
-    )
+
+
+def test_the_request_is_written_on_the_deployments_own_status() -> None:
+    asked = _check(_check(None, 0, False).status, 1, True)
+    assert asked.retrain is not None
+    request = asked.status["retrain"]
+    assert request == asked.retrain.to_status()
+    assert request == {
+        "episode": "pumpkins-v3-20250501-120100",
+        "requestedAt": "2025-05-01T12:01:00Z",
+        "experiment": "classifier",
+        "reason": Reason.DRIFT_DETECTED,
+        "window": 500,
+        "pValues": {"hue": 1e-05, "size": 0.7},
+    }
+    assert asked.status["retrainRequested"] is True
+    # the request stays as the last one made, through the episode and after it ends
+    later = _check(asked.status, 2, True)
+    ended = _check(later.status, 3, False)
+    assert later.retrain is None and ended.retrain is None
+    assert later.status["retrain"] == ended.status["retrain"] == request
+
+
+def test_a_lost_status_write_loses_the_request_with_it() -> None:
+    first = _check(None, 0, False)
+    lost = _check(first.status, 1, True)  # the write carrying episode and request is lost
     assert lost.retrain is not None
-    again = next_drift_state(
-        first.status,
-        _verdict(True),
-        policy=RETRAIN,
-        now=T0 + timedelta(minutes=2),
-        deployment="pumpkins",
-        reference_version=3,
-        samples=500,
-        last_retrain=LastRetrain.from_status(lost.retrain.to_status()),
-    )
+    # the Experiment adopts only what is on the deployment's status: it never saw it,
+    # so asking again is the one request, not a second one
+    again = _check(first.status, 2, True)
+    assert again.retrain is not None and again.status["retrainRequested"] is True
+    assert again.status["retrain"]["episode"] == again.status["episode"]
+    assert _check(again.status, 3, True).retrain is None  # asked once per episode
+
+
+def test_cooldown_runs_from_the_later_of_both_clocks() -> None:
+    asked = _check(None, 0, True)
+    cleared = _check(asked.status, 1, False)
+    # our own last request holds the cooldown, though the Experiment adopted nothing yet
+    own = _check(cleared.status, 2, True)
+    assert own.retrain is None and "cooldown until 2025-05-01T12:10:00Z" in (
+        own.conditions[Cond.DRIFT_DETECTED] or ("", ""))[1]
+    # another deployment's retrain, adopted by the Experiment, holds it too
+    other = {"episode": "other-v1-20250501-120500", "requestedAt": "2025-05-01T12:05:00Z",
+             "deployment": "other"}
+    fresh = _check(None, 9, True, experiment=other)
+    assert fresh.retrain is None and fresh.status["retrainRequested"] is False
+    assert "cooldown until 2025-05-01T12:15:00Z" in (
+        fresh.conditions[Cond.DRIFT_DETECTED] or ("", ""))[1]
+    assert _check(fresh.status, 15, True, experiment=other).retrain is not None
+    # after a restart, the status read back decides the same: one request per episode
+    again = _check(_check(fresh.status, 15, True, experiment=other).status, 16, True,
+                   experiment=other)
     assert again.retrain is None
-    assert again.status["episode"] == lost.retrain.episode
-    assert again.status["retrainRequested"] is True
 
 
-def test_an_older_retrain_is_not_mistaken_for_a_lost_write() -> None:
+def test_episodes_after_a_retrain_wait_for_the_cooldown() -> None:
     steps = [
         {"t": 0, "drift": True},
         {"t": 1, "drift": False},
@@ -260,6 +292,7 @@ def test_an_older_retrain_is_not_mistaken_for_a_lost_write() -> None:
     decisions = _run(RETRAIN, steps)
     assert [d.retrain is not None for d in decisions] == [True, False, False, False, True]
     assert decisions[4].status["episode"] == "pumpkins-v3-20250501-121100"
+    assert decisions[4].status["retrain"]["episode"] == "pumpkins-v3-20250501-121100"
 
 
 def test_accuracy_condition_and_reason_when_only_accuracy_triggers() -> None:
@@ -303,6 +336,7 @@ def _crd_props(name: str) -> dict[str, Any]:
 
 def test_status_and_retrain_fit_the_crd_schemas() -> None:
     drift_schema = _crd_props("modeldeployments.yaml")["status"]["properties"]["drift"]
+    request_schema = drift_schema["properties"]["retrain"]
     retrain_schema = _crd_props("experiments.yaml")["status"]["properties"]["retrain"]
     for decision in _run(RETRAIN, [{"t": 0, "drift": True, "acc": 0.5, "labelled": 200}]):
         status = json.loads(json.dumps(decision.status, allow_nan=False))
@@ -310,7 +344,12 @@ def test_status_and_retrain_fit_the_crd_schemas() -> None:
         feature_keys = set(drift_schema["properties"]["features"]["items"]["properties"])
         assert all(set(f) <= feature_keys for f in status["features"])
         assert decision.retrain is not None
-        assert set(decision.retrain.to_status()) <= set(retrain_schema["properties"])
+        request = {**decision.retrain.to_status(), "experiment": "x", "feedbackUri": "/f.npz"}
+        assert set(request) <= set(request_schema["properties"])
+        # what the Experiment adopts: the request, less its target, plus who asked
+        adopted = adopt_retrain({}, [("pumpkins", request)], experiment="x", cooldown_s=0)
+        assert adopted is not None
+        assert set(adopted) <= set(retrain_schema["properties"])
 
 
 def test_policy_defaults_match_the_crd() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from controller import api
 from controller.context import Context
 from controller.reconcilers.experiments import ExperimentReconciler
+from controller.retrain_requests import RetrainRequests
 from controller.settings import Settings
 from controller.training.decide import RunKey
 from controller.training.kubernetes import job_name
@@ -30,12 +31,14 @@ class FakeLocal:
     def __init__(self) -> None:
         self.launched: list[tuple[dict[str, str], str, str]] = []  # tags, workdir, pathspec
         self.calls: list[str] = []  # workdirs launch() was asked for
+        self.parameters: list[dict[str, Any]] = []  # per launch() call
 
     async def find(self, tags: dict[str, str]) -> list[RunRef]:
         return [RunRef(p, None, wd) for t, wd, p in self.launched if tags.items() <= t.items()]
 
     async def launch(self, req: RunRequest) -> RunRef:
         self.calls.append(str(Path(req.workdir).resolve()))  # noqa: ASYNC240 - a fake
+        self.parameters.append(dict(req.parameters))
         for _tags, wd, p in self.launched:
             if wd == self.calls[-1]:  # idempotent per workdir, as the real one
                 return RunRef(p or None, 4242, wd)
@@ -46,6 +49,14 @@ class FakeLocal:
     async def observe(self, ref: RunRef) -> RunObservation:
         return RunObservation("succeeded", pathspec=ref.pathspec, metrics={"accuracy": 0.95},
                               model_uri=f"file:///models/{ref.pathspec}")
+
+
+def offline(tmp_path: Path, requests: dict[Any, list[Any]] | None = None) -> Context:
+    """A context without an API server; ``requests`` stands in for kopf's index of the
+    ModelDeployments' retrain requests."""
+    ctx = Context(settings=Settings(state_dir=tmp_path), kube=None)  # type: ignore[arg-type]
+    ctx.retrain_requests = RetrainRequests(None, {} if requests is None else requests)  # type: ignore[arg-type]
+    return ctx
 
 
 def experiment(revision: str) -> dict[str, Any]:
@@ -69,7 +80,7 @@ def settle(rec: ExperimentReconciler, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_new_flow_revision_trains_again_and_registers_a_new_version(tmp_path: Path) -> None:
-    rec = ExperimentReconciler(Context(settings=Settings(state_dir=tmp_path), kube=None))  # type: ignore[arg-type]
+    rec = ExperimentReconciler(offline(tmp_path))
     fake = FakeLocal()
     rec.local = fake  # type: ignore[assignment]
     obj = settle(rec, experiment("aaaa000011112222"))
@@ -101,7 +112,7 @@ def test_a_launch_begun_in_the_same_workdir_goes_back_through_launch(tmp_path: P
     """A launch index entry for this very workdir (an operator killed mid-launch) is
     completed by the backend's idempotent launch, not adopted as a run without a
     process (which observe would call lost)."""
-    rec = ExperimentReconciler(Context(settings=Settings(state_dir=tmp_path), kube=None))  # type: ignore[arg-type]
+    rec = ExperimentReconciler(offline(tmp_path))
     fake = FakeLocal()
     rec.local = fake  # type: ignore[assignment]
     obj = experiment("")
@@ -113,3 +124,30 @@ def test_a_launch_begun_in_the_same_workdir_goes_back_through_launch(tmp_path: P
     out = asyncio.run(rec.reconcile(obj))
     assert fake.calls == [workdir]
     assert out.status["currentRun"]["launched"] and out.status["currentRun"]["pid"] == 4242
+
+
+def test_a_deployments_retrain_request_is_adopted_and_run_once(tmp_path: Path) -> None:
+    """The drift monitor wrote only its deployment's status; the Experiment adopts the
+    request into its own ``status.retrain`` with the run it launches, then never again."""
+    request = {"episode": "classifier-v1-20261127-120000", "requestedAt": "2026-11-27T12:00:00Z",
+               "experiment": "classifier", "reason": "DriftDetected", "window": 150,
+               "pValues": {"hue": 1e-6}, "feedbackUri": str(tmp_path / "feedback.npz")}
+    index: dict[Any, list[Any]] = {}
+    rec = ExperimentReconciler(offline(tmp_path, index))
+    fake = FakeLocal()
+    rec.local = fake  # type: ignore[assignment]
+    obj = settle(rec, experiment(""))
+    index[("farm", "classifier")] = [{"deployment": "classifier", "request": request}]
+    out = asyncio.run(rec.reconcile(obj))
+    assert out.status["retrain"] == {**{k: v for k, v in request.items() if k != "experiment"},
+                                     "deployment": "classifier"}
+    assert out.status["currentRun"]["trigger"] == request["episode"]
+    assert [e.reason for e in out.events] == [api.Reason.RETRAIN_REQUESTED]
+    obj = settle(rec, {**obj, "status": copy.deepcopy(out.status)})
+    assert [r["trigger"] for r in obj["status"]["runs"]] == ["", request["episode"]]
+    (_, _, _), (tags, _, _) = fake.launched
+    assert tags["trellis.trigger"] == request["episode"]
+    assert fake.parameters[-1]["feedback_uri"] == request["feedbackUri"]
+    again = asyncio.run(rec.reconcile(obj))  # the request is still on the deployment
+    assert again.status.get("currentRun") is None and not again.events
+    assert len(fake.launched) == 2

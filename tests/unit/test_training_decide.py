@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from controller.training.decide import (
     Backoff,
     Idle,
     Launch,
     Observe,
     RunKey,
+    adopt_retrain,
     next_action,
     next_version,
     objective_met,
@@ -84,3 +87,61 @@ def test_a_flow_code_change_is_a_new_run_for_the_same_generation() -> None:
                        {**run(1, "Succeeded", trigger="e1"), "flowRevision": "abc"}],
               "retrain": {"episode": "e1"}}
     assert next_action(SPEC, status, 1, NOW, revision="def") == Idle()
+
+
+# ------------------------------------------------- adopting a deployment's retrain request
+def req(episode: str, at: str = "2026-11-27T11:00:00Z", **extra: str) -> dict:
+    return {"episode": episode, "requestedAt": at, "experiment": "classifier",
+            "reason": "DriftDetected", "window": 500, "pValues": {"hue": 1e-5}, **extra}
+
+
+ADOPTED = {"episode": "e1", "requestedAt": "2026-11-27T10:00:00Z", "deployment": "classifier"}
+CREATED = dt.datetime(2026, 11, 27, 9, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(("status", "requests", "cooldown", "expect"), [
+    ({}, [("mdep", req("e1", feedbackUri="/s/e1.npz"))], 0,
+     {**{k: v for k, v in req("e1").items() if k != "experiment"},
+      "feedbackUri": "/s/e1.npz", "deployment": "mdep"}),
+    ({}, [], 0, None),
+    # adopted once: the same request read again is not adopted again
+    ({"retrain": {**ADOPTED, "requestedAt": "2026-11-27T11:00:00Z"}},
+     [("classifier", req("e1"))], 0, None),
+    # an episode that ran already (its record may be a different request of it)
+    ({"runs": [run(1, "Succeeded", trigger="e2")]}, [("mdep", req("e2"))], 0, None),
+    # a run in flight keeps the retrain it was launched for
+    ({"currentRun": {"generation": 1}}, [("mdep", req("e2"))], 0, None),
+    # older than the last adopted one: made before that retrain (or passed over)
+    ({"retrain": ADOPTED}, [("mdep", req("e2", "2026-11-27T09:30:00Z"))], 0, None),
+    # within the Experiment's cooldown of the last adopted request; after it
+    ({"retrain": ADOPTED}, [("mdep", req("e2", "2026-11-27T10:05:00Z"))], 600, None),
+    ({"retrain": ADOPTED}, [("mdep", req("e2", "2026-11-27T10:10:00Z"))], 600, "e2"),
+    # for another Experiment (the deployment was repointed), or a deleted namesake
+    ({}, [("mdep", {**req("e2"), "experiment": "other"})], 0, None),
+    ({}, [("mdep", req("e2", "2026-11-27T08:00:00Z"))], 0, None),
+    ({}, [("mdep", {"episode": "e2"})], 0, None),
+    # two deployments at once: the earliest first; the other waits its turn
+    ({}, [("b", req("e3", "2026-11-27T11:00:00Z")), ("a", req("e4", "2026-11-27T11:00:05Z"))],
+     0, "e3"),
+], ids=["adopt", "none", "adopted-once", "already-run", "run-in-flight", "older",
+        "cooldown", "after-cooldown", "other-experiment", "before-created", "no-time",
+        "earliest-first"])
+def test_adopt_retrain(status: dict, requests: list, cooldown: float, expect) -> None:
+    adopted = adopt_retrain(status, requests, experiment="classifier", cooldown_s=cooldown,
+                            created=CREATED)
+    if isinstance(expect, str):
+        assert adopted is not None and adopted["episode"] == expect
+    else:
+        assert adopted == expect
+
+
+def test_an_adopted_retrain_launches_one_run_for_its_episode() -> None:
+    status: dict = {"runs": [run(1, "Succeeded")]}
+    status["retrain"] = adopt_retrain(status, [("mdep", req("e1"))], experiment="classifier",
+                                      cooldown_s=0, created=CREATED)
+    assert next_action(SPEC, status, 1, NOW) == Launch(RunKey(1, "e1"), 1)
+    status["runs"].append(run(1, "Succeeded", trigger="e1"))
+    # the request is still on the deployment's status: neither adopted nor run again
+    assert adopt_retrain(status, [("mdep", req("e1"))], experiment="classifier",
+                         cooldown_s=0, created=CREATED) is None
+    assert next_action(SPEC, status, 1, NOW) == Idle()
