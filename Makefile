@@ -40,10 +40,11 @@ serving-env: $(UV)
 install: env serving-env
 
 # etcd, kube-apiserver, kubectl and the node's kubelet, controller-manager, scheduler
-# and kube-proxy, built once from Go modules into ~/.cache/trellis.
+# and kube-proxy, and SeaweedFS's weed (the S3 server of `dev-cluster up --s3`), built once
+# from Go modules into ~/.cache/trellis.
 cluster-binaries: env
 	$(VENV)/bin/python -c "from controller.devcluster import binaries; \
-	    binaries.ensure_all(); binaries.ensure_node()"
+	    binaries.ensure_all(); binaries.ensure_node(); binaries.ensure_weed()"
 
 # containerd, runc, CNI plugins, buildah, ... from Debian (as root; once).
 node-deps:

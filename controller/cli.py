@@ -24,10 +24,13 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     cluster = DevCluster(Path(args.dir) if args.dir else None)
     try:
         if args.action == "up":
-            st = cluster.up(node=args.node, log=lambda m: print(m, file=sys.stderr))
+            st = cluster.up(node=args.node, s3=args.s3,
+                            log=lambda m: print(m, file=sys.stderr))
             where = f"https://{st.host}:{st.apiserver_port}"
             print(f"dev cluster ready: {where} (kubeconfig {st.kubeconfig})"
-                  + (f", node {cluster.node.state().name} Ready" if st.node else ""))
+                  + (f", node {cluster.node.state().name} Ready" if st.node else "")
+                  + (f", S3 {st.s3_endpoint} (Secret trellis-system/trellis-s3)"
+                     if st.s3_pid else ""))
             print("\n".join(cluster.env_lines()))
         elif args.action == "down":
             print("dev cluster stopped" if cluster.down() else "dev cluster was not running")
@@ -78,11 +81,15 @@ def _dev_cluster_status(cluster) -> int:
     procs = {"etcd": st.etcd_pid, "kube-apiserver": st.apiserver_pid}
     node = cluster.node.state()
     procs.update(node.pids if node else {})
+    if st.s3_pid:
+        procs["weed (S3)"] = st.s3_pid
     print(f"api server: https://{st.host}:{st.apiserver_port} (kubeconfig {st.kubeconfig})")
     for name, pid in procs.items():
         print(f"  {name:<24} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
     if node:
         print(f"  node {node.name}: containerd socket {node.containerd_socket}")
+    if st.s3_pid:
+        print(f"  S3: {st.s3_endpoint}, bucket trellis, Secret trellis-system/trellis-s3")
     healthy = cluster.running()
     print("healthy" if healthy else "degraded: `trellis dev-cluster down` then `up` again")
     return 0 if healthy else 1
@@ -136,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--node", action="store_true",
                     help="with `up`: also a real node (containerd, kubelet, kube-proxy, "
                          "controller-manager, scheduler) so pods run")
+    dc.add_argument("--s3", action="store_true",
+                    help="with `up`: also an S3 server (SeaweedFS) with a bucket `trellis`; "
+                         "its endpoint and keys in Secret trellis-system/trellis-s3")
     dc.add_argument("--image", action="append", choices=["pause", "controller", "trainer",
                                                           "model-server"],
                     help="with `images`: only this image (repeatable); default: all")

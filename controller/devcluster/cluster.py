@@ -1,5 +1,5 @@
 """A real local control plane: etcd + kube-apiserver on loopback, envtest-style, and
-optionally a real node (``node.py``) so pods run.
+optionally a real node (``node.py``) so pods run and an S3 server (``s3.py``).
 
 The same class serves ``trellis dev-cluster up|down|status|env`` (processes detached,
 state in a directory) and the pytest fixtures (a temporary state directory).
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from controller.devcluster import binaries, certs, hostnet
 from controller.devcluster.node import Node, NodeError
+from controller.devcluster.s3 import S3Error, S3Server, apply_secret
 from controller.paths import CRDS_DIR
 from controller.processes import free_port, pid_alive
 
@@ -41,6 +42,9 @@ class ClusterState:
     # With a node the API server listens on the node address, which pods reach too.
     host: str = "127.0.0.1"
     node: bool = False
+    # With `--s3`: SeaweedFS's weed (its ports and the rest: s3/server.json).
+    s3_pid: int = 0
+    s3_endpoint: str = ""
 
 
 def default_state_dir() -> Path:
@@ -64,7 +68,8 @@ class DevCluster:
         st = self.state()
         return bool(st and pid_alive(st.etcd_pid) and pid_alive(st.apiserver_pid)
                     and self._ready(st)
-                    and (not st.node or all(self.node.running().values())))
+                    and (not st.node or all(self.node.running().values()))
+                    and (not st.s3_pid or pid_alive(st.s3_pid)))
 
     @property
     def node(self) -> Node:
@@ -72,24 +77,32 @@ class DevCluster:
         return Node(self.dir, self.kubeconfig, st.kubectl if st else "kubectl")
 
     @property
+    def s3(self) -> S3Server:
+        return S3Server(self.dir)
+
+    @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
 
     # -------------------------------------------------------------- lifecycle
-    def up(self, *, install_crds: bool = True, node: bool = False,
+    def up(self, *, install_crds: bool = True, node: bool = False, s3: bool = False,
            timeout: float = 90.0, log=print) -> ClusterState:
-        """Start the control plane (and a node) unless it already runs; install the CRDs.
+        """Start the control plane (and a node, an S3 server) unless it already runs;
+        install the CRDs.
 
         Returns when everything promised answers: the CRDs are served through discovery
-        (``kubectl get mlops`` works) and, with a node, pods can run and reach the API.
+        (``kubectl get mlops`` works), with a node pods can run and reach the API, with
+        S3 the default bucket exists and the Secret ``trellis-system/trellis-s3`` says
+        how to reach it.
         """
         st = self.state()
-        if st and st.node == node and self.running():
+        if st and st.node == node and bool(st.s3_pid) == s3 and self.running():
             if install_crds:
                 self.install_crds(st)
             return st
         self.down()
         bins = binaries.ensure_all()
+        weed = binaries.ensure_weed() if s3 else None
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = certs.generate(self.dir / "pki")
         host = "127.0.0.1"
@@ -143,6 +156,9 @@ class DevCluster:
             api_cmd += ["--disable-admission-plugins=ServiceAccount",
                         "--endpoint-reconciler-type=none"]
         api = self._spawn(api_cmd, "apiserver.log")
+        # Started now, it comes up while the API server does (the gateway on `host`: pods
+        # reach it where they reach the API server).
+        s3_state = self.s3.start(weed, host) if weed else None
         self._write_kubeconfig(host, api_port, pki)
         st = ClusterState(
             etcd_pid=etcd.pid,
@@ -154,6 +170,8 @@ class DevCluster:
             started_at=time.time(),
             host=host,
             node=node,
+            s3_pid=s3_state.pid if s3_state else 0,
+            s3_endpoint=s3_state.endpoint if s3_state else "",
         )
         self.state_file.write_text(json.dumps(asdict(st), indent=2))
         deadline = time.monotonic() + timeout
@@ -177,6 +195,13 @@ class DevCluster:
                 raise ClusterError(str(exc)) from exc
         if install_crds:
             self.install_crds(st)
+        if s3_state:
+            try:
+                self.s3.wait_ready()
+                apply_secret(s3_state, self.s3.credentials(), self.kubectl)
+            except (S3Error, ClusterError) as exc:
+                self.down()
+                raise ClusterError(str(exc)) from exc
         return st
 
     def down(self) -> bool:
@@ -187,6 +212,7 @@ class DevCluster:
         """
         st = self.state()
         stopped = self.node.stop()
+        stopped |= self.s3.stop()
         if st:
             for pid in (st.apiserver_pid, st.etcd_pid):
                 stopped |= _terminate(pid)
@@ -215,7 +241,13 @@ class DevCluster:
         if st is None:
             raise ClusterError("no dev cluster is running: run `trellis dev-cluster up`")
         bindir = str(Path(st.kubectl).parent)
-        return [f"export KUBECONFIG={st.kubeconfig}", f'export PATH="{bindir}:$PATH"']
+        lines = [f"export KUBECONFIG={st.kubeconfig}", f'export PATH="{bindir}:$PATH"']
+        if st.s3_pid:
+            creds = self.s3.credentials()
+            lines += [f"export AWS_ENDPOINT_URL={st.s3_endpoint}",
+                      f"export AWS_ACCESS_KEY_ID={creds.access_key}",
+                      f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}"]
+        return lines
 
     # ---------------------------------------------------------------- helpers
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
