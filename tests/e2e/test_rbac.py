@@ -393,7 +393,9 @@ def _clear(e: Env, ns: str) -> None:
 
 
 def forbidden_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "403" in line or "orbidden" in line]
+    """Lines about a 403: the status code, not a timestamp's milliseconds (``.403Z``)."""
+    return [line for line in log.splitlines()
+            if re.search(r"(?<![\d.:])403(?!\d|Z)", line) or "orbidden" in line]
 
 
 _DENIED = r'cannot (\w+) resource \\*"([\w/]+)\\*"(?: in API group \\*"([\w.]*)\\*")?'
