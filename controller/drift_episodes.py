@@ -74,23 +74,17 @@ class LastRetrain:
 
     episode: str
     requested_at: datetime
-    deployment: str | None = None
 
     @classmethod
     def from_status(cls, retrain: Mapping[str, Any] | None) -> LastRetrain | None:
         if not retrain or not retrain.get("episode") or not retrain.get("requestedAt"):
             return None
-        return cls(
-            str(retrain["episode"]),
-            _required_time(retrain["requestedAt"]),
-            retrain.get("deployment"),
-        )
+        return cls(str(retrain["episode"]), _required_time(retrain["requestedAt"]))
 
 
 @dataclass(frozen=True)
 class RetrainRequest:
     episode: str
-    deployment: str
     reason: str
     requested_at: datetime
     window: int
@@ -212,7 +206,6 @@ def next_drift_state(
             feats = result.to_status()["features"] if result else prev.get("features", [])
             retrain = RetrainRequest(
                 str(episode),
-                deployment,
                 Reason.DRIFT_DETECTED
                 if drifted or not acc_low
                 else Reason.ACCURACY_BELOW_OBJECTIVE,

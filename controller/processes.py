@@ -1,9 +1,13 @@
-"""Process liveness and free loopback ports, as every part that starts processes needs."""
+"""Process liveness, stopping with a deadline and free loopback ports, as every part that
+starts processes needs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 
@@ -22,6 +26,37 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no procfs: trust kill(0)
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def terminate(pid: int, timeout: float, *, group: bool = True) -> bool:
+    """SIGTERM (its process group with ``group``), then SIGKILL after ``timeout``: some
+    servers ignore TERM for long (containerd mid-import, weed flushing its filer). True
+    if it was running."""
+    if not pid_alive(pid):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        _signal(pid, sig, group)
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # ours when this process started it
+            if not pid_alive(pid):
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    return True
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    if group:
+        try:
+            os.killpg(pid, sig)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass  # not a group leader: the process alone
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def free_port() -> int:

@@ -7,10 +7,8 @@ state in a directory) and the pytest fixtures (a temporary state directory).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import ssl
 import subprocess
 import time
@@ -23,7 +21,7 @@ from controller.devcluster import binaries, certs, hostnet
 from controller.devcluster.node import Node, NodeError
 from controller.devcluster.s3 import S3Error, S3Server, apply_secret
 from controller.paths import CRDS_DIR
-from controller.processes import free_port, pid_alive
+from controller.processes import free_port, pid_alive, terminate
 
 
 class ClusterError(RuntimeError):
@@ -215,7 +213,7 @@ class DevCluster:
         stopped |= self.s3.stop()
         if st:
             for pid in (st.apiserver_pid, st.etcd_pid):
-                stopped |= _terminate(pid)
+                stopped |= terminate(pid, 10.0)
             self.state_file.unlink(missing_ok=True)
         stopped |= self._stop_local_work() > 0
         etcd_data = self.dir / "etcd-data"
@@ -326,28 +324,3 @@ class DevCluster:
         self.kubeconfig.write_text(json.dumps(config, indent=2))
         self.kubeconfig.chmod(0o600)
 
-
-def _terminate(pid: int, timeout: float = 10.0) -> bool:
-    if not pid_alive(pid):
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.1)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

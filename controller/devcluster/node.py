@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from controller.devcluster import binaries, hostnet
 from controller.devcluster.baseimage import PAUSE_IMAGE
-from controller.processes import free_port, pid_alive
+from controller.processes import free_port, pid_alive, terminate
 
 NODE_NAME = "trellis-node"
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-node-deps.sh"
@@ -432,32 +431,6 @@ def kubelet_config(*, port: int, healthz_port: int, socket: Path, ca: Path,
 
 
 # ------------------------------------------------------------------ processes
-def terminate(pid: int, timeout: float, *, group: bool = True) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` (containerd ignores TERM mid-import)."""
-    if not pid_alive(pid):
-        return
-    kill = os.killpg if group else os.kill
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.1)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            kill(pid, signal.SIGKILL)
-        for _ in range(50):
-            _reap(pid)
-            if not pid_alive(pid):
-                break
-            time.sleep(0.1)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from controller.processes import free_port, pid_alive
+from controller.processes import free_port, pid_alive, terminate
 
 NAMESPACE = "trellis-system"  # the operator's (manifests/namespace.yaml)
 SECRET = "trellis-s3"
@@ -231,7 +230,7 @@ class S3Server:
         """Stop the process (SIGTERM, then SIGKILL after ``grace``) and remove its data,
         identity and sockets (logs stay); True if it was running."""
         st = self.state()
-        stopped = bool(st) and _terminate(st.pid, grace)
+        stopped = bool(st) and terminate(st.pid, grace)
         self.record.unlink(missing_ok=True)
         for name in ("data", "config", "tmp"):
             shutil.rmtree(self.root / name, ignore_errors=True)
@@ -273,19 +272,3 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-
-
-def _terminate(pid: int, grace: float) -> bool:
-    if not pid_alive(pid):
-        return False
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not pid_alive(pid):
-                return True
-            time.sleep(0.1)
-    return True
