@@ -95,14 +95,17 @@ ENTRYPOINT ["/app/.venv/bin/trellis"]
 CMD ["operator", "--peering", "trellis", "--liveness-port", "8080"]
 
 # ------------------------------------------------------------------------- trainer
-# What a `backend: kubernetes` Experiment's Job runs: `python /app/flows/<flow>.py
-# --datastore=s3 run --with kubernetes:...` (or the same from /workspace/src, cloned by
-# the Job's initContainer with this image's git). Metaflow, torch and boto3 come with
-# the operator's lock (with its `train` extra), so a flow trains with exactly the
-# packages `make test` tests.
+# What a `backend: kubernetes` Experiment's Job runs: `python -m controller.training.podrun`
+# (installed with the environment), which runs every step of the flow in that one pod
+# with the S3 datastore and leaves the outcome as its termination message; the flow comes
+# from /app/flows or from /workspace/src, cloned by the Job's initContainer with this
+# image's git (ssh for git@/ssh:// remotes). Metaflow, torch and boto3 come with the
+# operator's lock (with its `train` extra), so a flow trains with exactly the packages
+# `make test` tests. The Job mounts an emptyDir at /work for HOME, TMPDIR and Metaflow's
+# staging: the root filesystem stays read-only.
 FROM base AS trainer
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends git ca-certificates \
+ && apt-get install --yes --no-install-recommends git openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build-train /app/.venv /app/.venv

@@ -6,6 +6,7 @@ the environment first; the manifests' ConfigMap feeds the same variables in a cl
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from controller.paths import ROOT
 
 PREFIX = "TRELLIS_"
+TRAINING_BACKENDS = ("local", "kubernetes")
 
 
 def _default_state_dir() -> Path:
@@ -43,9 +45,30 @@ class Settings:
     flows_root: Path = ROOT
     # Seconds between level-triggered resyncs of an object when nothing wakes it.
     resync_seconds: float = 60.0
-    # Cluster-mode training (backend: kubernetes).
+    # The backend of Experiments that do not name one. An operator running as a pod
+    # sets `kubernetes` (manifests/operator-config.yaml): training belongs in pods sized
+    # for it, not in the operator's.
+    default_training_backend: str = "local"
+    # Cluster-mode training (backend: kubernetes): one pod per run (the Job's), from the
+    # trainer image, under the restricted Pod Security profile.
     trainer_image: str = "ghcr.io/trellis-mlops/trainer:0.1.0"
     trainer_service_account: str = "trellis-trainer"
+    # Scheduling of trainer pods: JSON ({"pool": "gpu"}, [{"key": ..., "operator": ...}]),
+    # the pull secrets as names (comma-separated or a JSON list).
+    trainer_node_selector: dict[str, str] = field(default_factory=dict)
+    trainer_tolerations: list[dict[str, Any]] = field(default_factory=list)
+    trainer_image_pull_secrets: list[str] = field(default_factory=list)
+    trainer_priority_class: str = ""
+    # A run that has not ended after this long is stopped (the Job's activeDeadlineSeconds).
+    trainer_deadline_seconds: int = 86400
+    # Host directories mounted read-only into trainer pods ({"/app/.venv": "/host/dir"}):
+    # the dev node's images keep their CUDA-sized environments on the host
+    # (controller/devcluster/images.py). Never set in a real cluster.
+    trainer_host_mounts: dict[str, str] = field(default_factory=dict)
+    # Metaflow's metadata service, when the cluster runs one: runs then show in its UI.
+    # Empty: the run's metadata stays in its pod, and the operator learns the outcome
+    # from the pod's termination message (controller/training/podrun.py).
+    metaflow_service_url: str = ""
     datastore_s3_root: str = "s3://trellis/metaflow"
     s3_endpoint_url: str = ""
     s3_secret: str = "trellis-s3"
@@ -73,6 +96,12 @@ class Settings:
     metrics_port: int = 8000
     webhook_port: int = 8001
     log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if self.default_training_backend not in TRAINING_BACKENDS:
+            raise ValueError(f"{PREFIX}DEFAULT_TRAINING_BACKEND must be one of "
+                             f"{', '.join(TRAINING_BACKENDS)}, not "
+                             f"{self.default_training_backend!r}")
 
     @property
     def datastore_root(self) -> Path:
@@ -114,6 +143,23 @@ class Settings:
                 values[f.name] = int(raw)
             elif f.type == "bool":
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif f.type == "list[str]" and not raw.lstrip().startswith("["):
+                values[f.name] = [part.strip() for part in raw.split(",") if part.strip()]
+            elif f.type.startswith(("dict[", "list[")):
+                values[f.name] = _json_setting(PREFIX + f.name.upper(), raw,
+                                               dict if f.type.startswith("dict") else list)
             else:
                 values[f.name] = raw
         return cls(**values)
+
+
+def _json_setting(name: str, raw: str, kind: type) -> Any:
+    """A structured setting, written as JSON in the ConfigMap; a clear error otherwise."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON ({exc}): {raw!r}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {'object' if kind is dict else 'array'}, "
+                         f"not {raw!r}")
+    return value

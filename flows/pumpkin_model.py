@@ -11,6 +11,7 @@ against the training reference. The serving side needs only torch to load it.
 
 
 import io
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -99,8 +100,13 @@ class TrainResult:
     samples_per_second: float
 
 
-def pick_device(prefer: str = "auto") -> torch.device:
-    """``auto`` takes CUDA when present; ``cuda`` without a GPU is an error, not a fallback."""
+def pick_device(prefer: str | None = None) -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without a GPU is an error, not a fallback.
+
+    Unset, ``TRELLIS_DEVICE`` decides: a cluster run that holds a GPU sets ``cuda``, so a
+    driver torch cannot use fails the run instead of training on the CPU.
+    """
+    prefer = prefer or os.environ.get("TRELLIS_DEVICE") or "auto"
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if prefer == "cuda" and not torch.cuda.is_available():

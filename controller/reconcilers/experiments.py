@@ -111,13 +111,17 @@ class ExperimentReconciler:
         """When to look at a running run again: a local run's files on a timer; a Job
         when its watch says it changed (None: the resync is the safety net), or on the
         timer where nothing watches Jobs."""
-        if spec.get("backend", "local") == "kubernetes" and self.ctx.children.watching(JOBS):
+        if self._backend(spec) == "kubernetes" and self.ctx.children.watching(JOBS):
             return None
         return POLL_SECONDS
 
+    def _backend(self, spec: dict[str, Any]) -> str:
+        """The spec's backend, or this operator's default (``TRELLIS_DEFAULT_TRAINING_BACKEND``)."""
+        return spec.get("backend") or self.ctx.settings.default_training_backend
+
     def _backend_allowed(self, spec: dict[str, Any]) -> Preflight | None:
         """A refusal when this operator may not train in its own process."""
-        if spec.get("backend", "local") == "local" and not self.ctx.settings.allow_local_training:
+        if self._backend(spec) == "local" and not self.ctx.settings.allow_local_training:
             return Preflight(
                 "backend: local would train inside the operator's pod, which this operator "
                 "does not allow (TRELLIS_ALLOW_LOCAL_TRAINING=false); set "
@@ -141,6 +145,9 @@ class ExperimentReconciler:
             "flowRevision": key.revision,
             "workdir": str(workdir), "launched": False,
             "startedAt": conditions.now_iso(), "commit": check.commit,
+            # Fixed at launch: a later change of the operator's default backend must not
+            # make it look for this run where it is not.
+            "backend": self._backend(obj["spec"]),
         }
         return {k: v for k, v in current.items() if v not in (None, "")} | {
             "trigger": key.trigger}
@@ -158,7 +165,7 @@ class ExperimentReconciler:
 
     async def _observe(self, obj: dict[str, Any], status: dict[str, Any],
                        current: dict[str, Any]) -> list[Event]:
-        if obj["spec"].get("backend", "local") == "kubernetes":
+        if (current.get("backend") or self._backend(obj["spec"])) == "kubernetes":
             return await self._observe_job(obj, status, current)
         key = _run_key(current)
         if not current.get("launched"):
@@ -226,21 +233,17 @@ class ExperimentReconciler:
             what = f"re-attached to Job {name}" if adopted else f"Job {name} created"
             return [Event(api.Reason.RUN_STARTED,
                           f"{what} for {key.label()}, attempt {current['attempt']}")]
-        state, message, stuck = await self.cluster.observe(meta["namespace"], current["job"])
-        if state == "running":
+        seen = await self.cluster.observe(meta["namespace"], current["job"])
+        if seen.state == "running":
             status["progress"] = {"step": "job"}
-            if stuck:  # Kubernetes' own reason, where the user looks
-                status["progress"] |= {"blockedReason": stuck.reason,
-                                       "blockedMessage": stuck.message}
+            if seen.blocked:  # Kubernetes' own reason, where the user looks
+                status["progress"] |= {"blockedReason": seen.blocked.reason,
+                                       "blockedMessage": seen.blocked.message}
             return []
-        result: dict[str, Any] = {"error": message}
-        if state == "succeeded":
-            try:
-                result = await self.cluster.artifacts(spec["flow"]["name"],
-                                                      self._tags(obj, current))
-            except Exception as exc:  # the Job finished but its artifacts are unreadable
-                state, result = "failed", {"error": f"cannot read the run's artifacts: {exc}"}
-        return self._finish(obj, status, current, state, result)
+        if seen.state == "succeeded":
+            return self._finish(obj, status, current, seen.state, seen.result or {})
+        return self._finish(obj, status, current, seen.state,
+                            {**(seen.result or {}), "error": seen.message})
 
     # ------------------------------------------------------------ completion
     def _finish(self, obj: dict[str, Any], status: dict[str, Any], current: dict[str, Any],
@@ -373,8 +376,16 @@ class ExperimentReconciler:
         return {}
 
     async def cleanup(self, obj: dict[str, Any]) -> None:
+        """Stop the run in flight: its Job (so its pod, SIGTERM first), or its process.
+        A Job also goes with its owner; deleting it here does not wait for the garbage
+        collector, nor for the Experiment's finalizer to be the last one."""
         current = (obj.get("status") or {}).get("currentRun")
-        if current and current.get("launched") and obj["spec"].get("backend") != "kubernetes":
+        if not current or not current.get("launched"):
+            return
+        if (current.get("backend") or self._backend(obj["spec"])) == "kubernetes":
+            if current.get("job"):
+                await self.cluster.delete(obj["metadata"]["namespace"], current["job"])
+        else:
             await self.local.cancel(RunRef.from_dict(current))
 
 

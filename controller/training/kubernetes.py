@@ -1,19 +1,22 @@
-"""Cluster-mode training: a ``batch/v1`` Job, owned by the Experiment, that runs the flow
-with Metaflow's Kubernetes compute (each step its own pod, sized by ``spec.resources``).
+"""Cluster-mode training: a ``batch/v1`` Job, owned by the Experiment, whose one pod runs
+the whole flow (``controller.training.podrun``) with the Experiment's CPU, memory and GPU.
 
-The Job's own container only drives the run (small, fixed requests); the steps' pods get
-``spec.resources`` through ``--with kubernetes:cpu=..,memory=..,gpu=..`` in Metaflow's
-units, and the Job's annotations carry the exact quantities asked for.
+Every step runs in that pod: one set of credentials, one security context, one owner,
+one place Kubernetes says why it cannot start; deleting the Experiment deletes the Job
+and so every process of the run. Artifacts and models go to the S3 datastore; the run's
+outcome comes back as the pod's termination message (docs/architecture.md says why
+this and not ``run --with kubernetes``).
 
 ``render_job`` is pure; ``KubernetesTrainingBackend`` creates the Job, reads its state
-and its Pods' (from the operator's watches, ``controller.children``: no request per
-look), and reads the finished run's artifacts through the Metaflow client (S3 datastore).
+and its Pods' from the operator's watches (``controller.children``: no request per
+look), and the outcome from the finished pod.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from controller import api, quantities, schema
@@ -24,6 +27,18 @@ from controller.training import podstate
 from controller.training.decide import RunKey
 
 SOURCE_DIR = "/workspace/src"
+WORK_DIR = "/work"  # the pod's writable scratch (an emptyDir): HOME, TMPDIR, Metaflow's
+CONTAINER = "flow"
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_UID = 10001  # the Dockerfile's trellis user
+# The restricted Pod Security profile, which every Trellis pod meets.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+# What the source clone needs: it is small, and runs before the flow.
+CLONE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
+                   "limits": {"memory": "512Mi"}}
 
 
 def job_name(experiment: str, key: RunKey, attempt: int) -> str:
@@ -35,38 +50,62 @@ def job_name(experiment: str, key: RunKey, attempt: int) -> str:
     return experiment[: 63 - len(suffix)].rstrip("-") + suffix
 
 
-def flow_args(parameters: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for name, value in sorted(parameters.items()):
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        out += [f"--{name}", text]
-    return out
-
-
-def step_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
+def run_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
     """``spec.resources`` with the CRD's defaults (cpu, memory, gpu) filled in."""
     return schema.spec_section(api.EXPERIMENT.kind, "resources", resources)
 
 
-def kubernetes_decorator(resources: dict[str, Any], settings: Settings) -> str:
-    """``--with kubernetes:...`` for every step: cpu in cores, memory in whole MB (what
-    Metaflow writes into the step pods), both rounded up (``controller.quantities``)."""
-    res = quantities.metaflow_resources(step_resources(resources))
-    parts = [f"image={settings.trainer_image}",
-             f"service_account={settings.trainer_service_account}",
-             f"cpu={res['cpu']}", f"memory={res['memory']}"]
+def container_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
+    """The flow container's resources: exactly the quantities the spec asked for
+    (no rounding to Metaflow's units). Memory is also the limit (a run that outgrows it
+    is OOM-killed and says so); cpu is not limited (throttling only slows a run); a GPU
+    is an extended resource, asked for as a limit."""
+    res = run_resources(resources)
+    memory = quantities.kubernetes_memory(res["memory"])
+    out: dict[str, Any] = {
+        "requests": {"cpu": quantities.kubernetes_cpu(res["cpu"]), "memory": memory},
+        "limits": {"memory": memory},
+    }
     if int(res["gpu"]):
-        parts.append(f"gpu={res['gpu']}")
-    return "kubernetes:" + ",".join(parts)
+        out["limits"][GPU_RESOURCE] = str(int(res["gpu"]))
+    return out
 
 
-def resource_annotations(resources: dict[str, Any]) -> dict[str, str]:
-    """The step pods' resources as asked, exact Kubernetes quantities, on the Job (Metaflow
-    is handed them rounded up to its units; these say what the spec asked for)."""
-    res = step_resources(resources)
-    return {f"{api.PREFIX}/resources-gpu": str(int(res["gpu"])),
-            f"{api.PREFIX}/resources-cpu": quantities.kubernetes_cpu(res["cpu"]),
-            f"{api.PREFIX}/resources-memory": quantities.kubernetes_memory(res["memory"])}
+def _env(settings: Settings, commit: str | None, gpu: bool) -> list[dict[str, Any]]:
+    """Where the run keeps its files (the pod's scratch, never the read-only image) and
+    what it talks to: the S3 datastore and model store, the metadata service if any."""
+    env = {
+        "HOME": WORK_DIR, "TMPDIR": f"{WORK_DIR}/tmp", "TRELLIS_WORKDIR": f"{WORK_DIR}/run",
+        "METAFLOW_USER": "trellis",
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": settings.datastore_s3_root,
+        # Metaflow's S3 client stages files in ARTIFACT_LOCALROOT (the cwd by default).
+        "METAFLOW_ARTIFACT_LOCALROOT": f"{WORK_DIR}/tmp",
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": WORK_DIR,
+        "METAFLOW_DEFAULT_METADATA": "service" if settings.metaflow_service_url else "local",
+        "TRELLIS_SOURCE_COMMIT": commit or "unknown",
+        "TRELLIS_MODEL_STORE": settings.datastore_s3_root.rstrip("/") + "/models",
+        # Asked for a GPU, the run uses it or fails: never trains on the CPU holding one.
+        "TRELLIS_DEVICE": "cuda" if gpu else "cpu",
+    }
+    if settings.metaflow_service_url:
+        env["METAFLOW_SERVICE_URL"] = settings.metaflow_service_url
+    if settings.s3_endpoint_url:
+        env["METAFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _scheduling(settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if settings.trainer_node_selector:
+        out["nodeSelector"] = dict(settings.trainer_node_selector)
+    if settings.trainer_tolerations:
+        out["tolerations"] = list(settings.trainer_tolerations)
+    if settings.trainer_image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
+    if settings.trainer_priority_class:
+        out["priorityClassName"] = settings.trainer_priority_class
+    return out
 
 
 def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Settings, *,
@@ -74,48 +113,51 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
                source_url: str | None) -> dict[str, Any]:
     meta, spec = exp["metadata"], exp["spec"]
     name = job_name(meta["name"], key, attempt)
-    resources = spec.get("resources") or {}
+    resources = container_resources(spec.get("resources"))
     labels = {
         api.LABEL_MANAGED_BY: api.MANAGED_BY,
         api.LABEL_EXPERIMENT: meta["name"],
         api.LABEL_GENERATION: str(key.generation),
         f"{api.PREFIX}/attempt": str(attempt),
     }
-    workdir = SOURCE_DIR if source_url else "/app"
-    command = ["python", f"{workdir}/{spec['flow']['file']}", "--datastore=s3",
-               "--no-pylint", "run", "--with", kubernetes_decorator(resources, settings)]
-    for tag_key, tag_value in sorted(tags.items()):
-        command += ["--tag", f"{tag_key}:{tag_value}"]
-    command += flow_args(parameters)
-    env = [
-        {"name": "METAFLOW_USER", "value": "trellis"},
-        {"name": "METAFLOW_DEFAULT_DATASTORE", "value": "s3"},
-        {"name": "METAFLOW_DATASTORE_SYSROOT_S3", "value": settings.datastore_s3_root},
-        {"name": "METAFLOW_KUBERNETES_NAMESPACE", "value": meta["namespace"]},
-        {"name": "METAFLOW_KUBERNETES_SERVICE_ACCOUNT", "value": settings.trainer_service_account},
-        {"name": "TRELLIS_SOURCE_COMMIT", "value": commit or "unknown"},
-        {"name": "TRELLIS_MODEL_STORE",
-         "value": settings.datastore_s3_root.rstrip("/") + "/models"},
-    ]
-    if settings.s3_endpoint_url:
-        env.append({"name": "METAFLOW_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    flow_dir = SOURCE_DIR if source_url else "/app"
+    request = {"flow_file": f"{flow_dir}/{spec['flow']['file']}",
+               "flow_name": spec["flow"]["name"], "parameters": parameters, "tags": tags}
+    mounts = [{"name": "work", "mountPath": WORK_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    for index, (inside, host) in enumerate(sorted(settings.trainer_host_mounts.items())):
+        volumes.append({"name": f"host-{index}",
+                        "hostPath": {"path": host, "type": "Directory"}})
+        mounts.append({"name": f"host-{index}", "mountPath": inside, "readOnly": True})
+    container = {
+        "name": CONTAINER,
+        "image": settings.trainer_image,
+        "command": ["python", "-m", "controller.training.podrun"],
+        "workingDir": WORK_DIR,
+        "env": [{"name": "TRELLIS_RUN_REQUEST", "value": json.dumps(request, sort_keys=True)},
+                *_env(settings, commit, "limits" in resources
+                      and GPU_RESOURCE in resources["limits"])],
+        "envFrom": [{"secretRef": {"name": settings.s3_secret}}],
+        "resources": resources,
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": mounts,
+        # A container that dies before podrun writes its message still says why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": settings.trainer_service_account,
+        # The run talks to S3, not to the API server.
+        "automountServiceAccountToken": False,
         "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
-        "containers": [{
-            "name": "flow",
-            "image": settings.trainer_image,
-            "command": command,
-            "workingDir": workdir,
-            "env": env,
-            "envFrom": [{"secretRef": {"name": settings.s3_secret}}],
-            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                          "limits": {"memory": "1Gi"}},
-        }],
+        "securityContext": POD_SECURITY,
+        "containers": [container],
+        "volumes": volumes,
+        **_scheduling(settings),
     }
     if source_url:
         # Train exactly the merged code: the commit the spec came from.
+        mounts.append({"name": "source", "mountPath": "/workspace"})
+        volumes.append({"name": "source", "emptyDir": {}})
         pod_spec["initContainers"] = [{
             "name": "source",
             "image": settings.trainer_image,
@@ -123,27 +165,39 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
                         'git -C "$DIR" checkout --quiet "$COMMIT"'],
             "env": [{"name": "REPO", "value": source_url},
                     {"name": "DIR", "value": SOURCE_DIR},
-                    {"name": "COMMIT", "value": commit or "HEAD"}],
-            "volumeMounts": [{"name": "source", "mountPath": "/workspace"}],
+                    {"name": "COMMIT", "value": commit or "HEAD"},
+                    {"name": "HOME", "value": WORK_DIR}],
+            "resources": CLONE_RESOURCES,
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": [{"name": "source", "mountPath": "/workspace"},
+                             {"name": "work", "mountPath": WORK_DIR}],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }]
-        pod_spec["containers"][0]["volumeMounts"] = [{"name": "source",
-                                                      "mountPath": "/workspace"}]
-        pod_spec["volumes"] = [{"name": "source", "emptyDir": {}}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name, "namespace": meta["namespace"], "labels": labels,
-            "annotations": {f"{api.PREFIX}/run-key": f"{key.generation}/{key.trigger}",
-                            **resource_annotations(resources)},
+            "annotations": {f"{api.PREFIX}/run-key": f"{key.generation}/{key.trigger}"},
             "ownerReferences": [owner_reference(exp)],
         },
         "spec": {
             "backoffLimit": 0,  # Trellis' spec.retry decides about new attempts
+            "activeDeadlineSeconds": settings.trainer_deadline_seconds,
             "ttlSecondsAfterFinished": 7 * 24 * 3600,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One look at a run's Job: its state, what to say, why it is stuck, its outcome."""
+
+    state: str  # running | succeeded | failed | lost
+    message: str
+    blocked: podstate.Blocked | None = None
+    result: dict[str, Any] | None = None
 
 
 def job_state(job: dict[str, Any] | None) -> tuple[str, str]:
@@ -180,39 +234,35 @@ class KubernetesTrainingBackend:
         self.children.note(JOBS, created)
         return created, False
 
-    async def observe(self, namespace: str, name: str
-                      ) -> tuple[str, str, podstate.Blocked | None]:
-        """(state, message, why its pods are stuck) of the run's Job."""
+    async def observe(self, namespace: str, name: str) -> JobObservation:
         job = await self.children.get(JOBS, namespace, name)
         state, message = job_state(job.obj)
-        if state not in ("running", "failed"):
-            return state, message, None
-        if state == "failed":
-            # Listed, not cached: the Pods' watch may not have delivered their final
-            # status yet, and this message is written once, when the run ends.
-            pods = await self.kube.list(PODS, namespace, f"{LABEL_JOB_NAME}={name}")
-            detail = podstate.failure_detail(pods)
-            return state, f"{message}: {detail}" if detail else message, None
-        return state, message, podstate.blocked(await self.children.pods_of_job(namespace, job))
+        if state == "running":
+            return JobObservation(state, message,
+                                  podstate.blocked(await self.children.pods_of_job(namespace,
+                                                                                   job)))
+        if state == "lost":
+            return JobObservation(state, message)
+        # Listed, not cached: the Pods' watch may not have delivered their final status
+        # yet, and what is read here is written once, when the run ends.
+        pods = await self.kube.list(PODS, namespace, f"{LABEL_JOB_NAME}={name}")
+        result = podstate.run_result(pods, CONTAINER)
+        if state == "succeeded":
+            if result and not result.get("error") and result.get("pathspec") \
+                    and result.get("model_uri"):
+                return JobObservation(state, message, result=result)
+            return JobObservation("failed", "the Job completed but its pod left no run "
+                                  "result (pathspec and model)", result=result)
+        if result and result.get("error"):
+            said = f"{message}: {result['error']}"
+            if result.get("output"):
+                said += f"; its output ended:\n{result['output']}"
+            return JobObservation(state, said, result=result)
+        detail = podstate.failure_detail(pods)
+        return JobObservation(state, f"{message}: {detail}" if detail else message,
+                              result=result)
 
-    async def artifacts(self, flow_name: str, tags: dict[str, str]) -> dict[str, Any]:
-        """The finished run's artifacts, read with the Metaflow client from S3."""
-        return await asyncio.to_thread(_read_run, self.settings, flow_name, tags)
-
-
-def _read_run(settings: Settings, flow_name: str, tags: dict[str, str]) -> dict[str, Any]:
-    import os
-
-    os.environ.setdefault("METAFLOW_DEFAULT_DATASTORE", "s3")
-    os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_S3", settings.datastore_s3_root)
-    from metaflow import Flow, namespace
-
-    namespace(None)
-    wanted = [f"{k}:{v}" for k, v in tags.items()]
-    for run in Flow(flow_name).runs(*wanted):
-        data = run.data
-        return {"pathspec": run.pathspec, "metrics": dict(data.metrics),
-                "model_uri": data.model_uri, "reference_uri": data.reference_uri,
-                "commit": data.commit, "dataset_fingerprint": data.dataset_fingerprint,
-                "epoch_metrics": list(data.epoch_metrics)}
-    raise LookupError(f"no Metaflow run tagged {', '.join(wanted)}")
+    async def delete(self, namespace: str, name: str) -> bool:
+        """Delete the run's Job and, in the background, its pod (SIGTERM, then the grace
+        period): podrun passes the signal to every process of the flow."""
+        return await self.kube.delete(JOBS, namespace, name)

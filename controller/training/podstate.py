@@ -9,8 +9,11 @@ Pure: pods in, one verdict out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from controller.training.podrun import MARKER
 
 # Waiting reasons that will not resolve by waiting a little longer.
 STUCK_WAITING = frozenset({
@@ -74,3 +77,21 @@ def failure_detail(pods: list[dict[str, Any]]) -> str:
                              f"exit code {term.get('exitCode')} ({term.get('reason', '')})"
                              + (f": {text[-500:]}" if text else ""))
     return "; ".join(parts)
+
+
+def run_result(pods: list[dict[str, Any]], container: str) -> dict[str, Any] | None:
+    """The run's outcome as ``controller.training.podrun`` wrote it into the termination
+    message of ``container`` (the newest pod's), or None when no pod left one."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "",
+                      reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") != container or not term.get("message"):
+                continue
+            try:
+                doc = json.loads(term["message"])
+            except ValueError:
+                continue  # FallbackToLogsOnError: the log's tail, not our JSON
+            if isinstance(doc, dict) and doc.get(MARKER) == 1:
+                return doc
+    return None

@@ -2,18 +2,28 @@
 Dockerfile, two replicas peering as ``trellis``, the manifests' ServiceAccount and RBAC
 only, the in-cluster API address from the `kubernetes` Service. One replica acts, the
 other stands by; the active one serves metrics and reconciles.
+
+Experiments train as users' do in a cluster: a Job whose one pod, from the trainer image,
+runs the whole flow against the dev cluster's real S3 server (SeaweedFS). The trainer's
+CUDA-sized environment is mounted from the host (``TRELLIS_TRAINER_HOST_MOUNTS``,
+``controller/devcluster/images.py``); ``tests/integration/test_trainer_pod_security.py``
+has the API server judge the same pod under the restricted profile.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 
 from controller import api
 from controller.devcluster import images
+from controller.paths import ROOT
 from tests.support.clusterwide import pick, render
 from tests.support.kube import Cluster, condition, wait_for
 from tests.support.specs import example
@@ -39,8 +49,10 @@ def _served(cluster: Cluster, docs: list[dict]) -> list[dict]:
 def operator_pods(node_cluster: Cluster) -> list[dict]:
     node = node_cluster.dev.node.state()
     assert node is not None
-    images.ensure_images(Path(node.containerd_socket), names=("controller",))
+    built = images.ensure_images(Path(node.containerd_socket), names=("controller", "trainer"))
     docs = render(node_cluster)
+    config = pick(docs, "ConfigMap", "trellis-operator-config")[0]
+    config["data"]["TRELLIS_TRAINER_HOST_MOUNTS"] = json.dumps(built["trainer"].mounts)
     crds = pick(docs, "CustomResourceDefinition")
     node_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                          input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
@@ -107,4 +119,113 @@ def test_the_operator_pod_reconciles_and_refuses_to_train_in_itself(
     # One leader: only one replica reconciled it; the other stood by.
     counts = sorted(_reconciles(pod) for pod in operator_pods)
     assert counts[0] == 0 < counts[1], counts
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# ------------------------------------------------------------------ training in pods
+def _team_namespace(cluster: Cluster, name: str) -> str:
+    """A team namespace as docs/install.md sets one up: manifests/team's ServiceAccount and
+    the S3 Secret (here a copy of the dev cluster's)."""
+    ns = cluster.create_namespace(name)
+    team = render(cluster, ROOT / "manifests" / "team")
+    for doc in team:
+        doc["metadata"]["namespace"] = ns
+    cluster.apply(team, ns)
+    secret = cluster.get("secret", "trellis-s3", "trellis-system")
+    assert secret is not None, "dev-cluster up --s3 writes trellis-system/trellis-s3"
+    cluster.apply({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "trellis-s3", "namespace": ns},
+                   "data": secret["data"]}, ns)
+    return ns
+
+
+def _experiment(name: str, resources: dict[str, Any], **parameters: Any) -> dict[str, Any]:
+    """The example Experiment with no backend: the operator's default (kubernetes)."""
+    exp = example("Experiment")
+    exp["metadata"]["name"] = name
+    exp["spec"].pop("backend")
+    exp["spec"]["resources"] = resources
+    exp["spec"]["parameters"] = {**exp["spec"]["parameters"], **parameters}
+    return exp
+
+
+def _s3(cluster: Cluster, ns: str) -> Any:
+    """boto3 with the credentials and endpoint of the Secret the Job used."""
+    secret = cluster.get("secret", "trellis-s3", ns)
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return boto3.client("s3", endpoint_url=data["TRELLIS_S3_ENDPOINT_URL"],
+                        aws_access_key_id=data["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=data["AWS_SECRET_ACCESS_KEY"],
+                        region_name=data.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
+def _pods(cluster: Cluster, ns: str, experiment: str) -> list[dict[str, Any]]:
+    return json.loads(cluster.kubectl(
+        "get", "pods", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}={experiment}",
+        "-o", "json").stdout)["items"]
+
+
+def test_an_experiment_trains_in_one_pod_to_a_model_in_s3(
+        node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    ns = _team_namespace(node_cluster, "train-in-pods")
+    node_cluster.apply(_experiment("classifier", {"cpu": "1", "memory": "2Gi", "gpu": 0},
+                                   n_samples=1500), ns)
+
+    def finished() -> dict | None:
+        obj = node_cluster.get("experiment", "classifier", ns) or {}
+        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
+            else None
+
+    obj = wait_for(finished, timeout=900, interval=2, what="the run to finish")
+    status = obj["status"]
+    pods = _pods(node_cluster, ns, "classifier")
+    logs = node_cluster.kubectl("logs", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}=classifier",
+                                "--tail=40", check=False).stdout
+    assert status["phase"] == "Succeeded", (status, logs)
+    [run] = status["runs"]
+    assert run["reason"] == api.Reason.MODEL_REGISTERED, run
+    # one pod ran every step, as the trainer image's non-root user, sized as asked
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    spec = pods[0]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert spec["containers"][0]["image"] == images.REFS["trainer"]
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    [model] = status["models"]
+    assert model["version"] == 1 and model["metrics"]["accuracy"] >= 0.9, model
+    assert model["artifactUri"] == f"s3://trellis/metaflow/models/{run['pathspec']}"
+    assert model["referenceUri"] == model["artifactUri"] + "/reference.json"
+    # the version directory and Metaflow's datastore, in the S3 server
+    s3 = _s3(node_cluster, ns)
+    prefix = f"metaflow/models/{run['pathspec']}/"
+    files = {o["Key"][len(prefix):] for o in
+             s3.list_objects_v2(Bucket="trellis", Prefix=prefix).get("Contents", [])}
+    assert files == {"model.pt", "reference.json", "metrics.json", "meta.json"}
+    meta = json.loads(s3.get_object(Bucket="trellis", Key=prefix + "meta.json")["Body"].read())
+    assert meta["commit"] == model["commit"] and meta["run"] == run["pathspec"].split("/")[1]
+    reference = json.loads(s3.get_object(Bucket="trellis",
+                                         Key=prefix + "reference.json")["Body"].read())
+    assert reference, "reference statistics for the drift monitor"
+    stored = s3.list_objects_v2(Bucket="trellis", Prefix="metaflow/PumpkinFlow/")
+    assert stored.get("KeyCount", 0) > 0, "Metaflow's datastore is in S3"
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_a_gpu_the_node_lacks_is_named_and_deleting_removes_the_pods(
+        node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    ns = _team_namespace(node_cluster, "train-gpu")
+    node_cluster.apply(_experiment("wants-gpu", {"cpu": "1", "memory": "1Gi", "gpu": 1}), ns)
+
+    def blocked() -> dict | None:
+        obj = node_cluster.get("experiment", "wants-gpu", ns) or {}
+        cond = condition(obj, api.Cond.READY)
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = wait_for(blocked, timeout=180, interval=1, what="Ready=False Unschedulable")
+    assert "nvidia.com/gpu" in cond["message"], cond
+    assert _pods(node_cluster, ns, "wants-gpu"), "the Job's pod exists, pending"
+    node_cluster.kubectl("delete", "experiment", "wants-gpu", "-n", ns, "--timeout=120s",
+                         timeout=150)
+    wait_for(lambda: not _pods(node_cluster, ns, "wants-gpu"), timeout=120, interval=1,
+             what="every pod of the run gone")
+    assert node_cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.strip() == ""
     node_cluster.kubectl("delete", "namespace", ns, "--wait=false")

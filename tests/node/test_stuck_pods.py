@@ -63,9 +63,9 @@ def test_backend_names_why_a_jobs_pods_are_stuck(node_cluster: Cluster, kube: Ku
     backend = KubernetesTrainingBackend(kube, Settings())
 
     def stuck():
-        state, _, blocked = asyncio.run(backend.observe(ns, job["metadata"]["name"]))
-        assert state == "running"
-        return blocked
+        seen = asyncio.run(backend.observe(ns, job["metadata"]["name"]))
+        assert seen.state == "running"
+        return seen.blocked
 
     found = wait_for(stuck, timeout=90, interval=1, what=f"{case} diagnosis")
     assert found.reason in reasons, found

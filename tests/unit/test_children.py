@@ -4,6 +4,7 @@ API server; and the operator's request counting (``controller.kube``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import kopf
@@ -195,8 +196,8 @@ def test_the_training_backend_launches_once_and_follows_the_cache() -> None:
     # Adoption asks the API server (never a cache that may hold a deleted Job).
     assert asyncio.run(backend.launch(job("j", 1)))[1]
     jobs.add(children.job_entry(created))
-    state, _, blocked = asyncio.run(backend.observe(NS, "j"))
-    assert state == "running" and blocked.reason == "ImagePullBackOff"
+    seen = asyncio.run(backend.observe(NS, "j"))
+    assert seen.state == "running" and seen.blocked.reason == "ImagePullBackOff"
     assert kube.calls == [("get", "jobs"), ("create", "jobs"), ("get", "jobs")]
 
 
@@ -209,10 +210,50 @@ def test_a_failed_job_lists_its_pods_for_their_last_words() -> None:
         "exitCode": 3, "reason": "Error", "message": "no data"}}}]
     kube = FakeKube({("pods", "p"): dead})
     cache = Children(kube, indices(Index().add(children.job_entry(failed)), Index()))
-    state, message, _ = asyncio.run(
-        KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
-    assert state == "failed" and "exit code 3" in message and "no data" in message
+    seen = asyncio.run(KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
+    assert seen.state == "failed" and "exit code 3" in seen.message
+    assert "no data" in seen.message
     assert kube.calls == [("list", "pods")]
+
+
+def _finished(conditions: list[dict], message: str) -> tuple[FakeKube, Children]:
+    done = job("j", 5, conditions=conditions)
+    ended = pod("p", "j")
+    ended["status"]["containerStatuses"] = [{"name": "flow", "state": {"terminated": {
+        "exitCode": 0, "reason": "Completed", "message": message}}}]
+    kube = FakeKube({("pods", "p"): ended})
+    return kube, Children(kube, indices(Index().add(children.job_entry(done)), Index()))
+
+
+COMPLETE = [{"type": "Complete", "status": "True"}]
+
+
+def test_a_completed_job_gives_the_run_result_from_its_pod() -> None:
+    """The outcome comes from the pod's termination message, not Metaflow's metadata."""
+    result = {"podrun": 1, "pathspec": "PumpkinFlow/7", "model_uri": "s3://b/m/7",
+              "metrics": {"accuracy": 0.95}}
+    kube, cache = _finished(COMPLETE, json.dumps(result))
+    seen = asyncio.run(KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
+    assert seen.state == "succeeded" and seen.result == result
+
+
+@pytest.mark.parametrize("message", ["", "Traceback: the log's tail, not JSON",
+                                     json.dumps({"podrun": 1, "pathspec": "F/1"}),
+                                     json.dumps({"pathspec": "F/1", "model_uri": "s3://x"})])
+def test_a_completed_job_without_a_run_result_is_a_failed_run(message: str) -> None:
+    kube, cache = _finished(COMPLETE, message)
+    seen = asyncio.run(KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
+    assert seen.state == "failed" and "no run result" in seen.message
+
+
+def test_a_failed_run_says_the_flows_error() -> None:
+    result = {"podrun": 1, "returncode": 1, "error": "the flow exited with code 1",
+              "output": "Traceback ...\nboom"}
+    kube, cache = _finished([{"type": "Failed", "status": "True",
+                              "message": "BackoffLimitExceeded"}], json.dumps(result))
+    seen = asyncio.run(KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
+    assert seen.state == "failed" and seen.message.endswith("boom")
+    assert seen.message.startswith("BackoffLimitExceeded: the flow exited with code 1")
 
 
 def test_an_entry_unchanged_for_long_is_confirmed_once(monkeypatch: pytest.MonkeyPatch

@@ -291,14 +291,19 @@ def test_trainer_runs_what_the_training_job_asks_for(tmp_path: Path) -> None:
     job = render_job(exp, RunKey(1), 1, Settings(), parameters={}, tags={}, commit=None,
                      source_url=None)
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][0] == "python"
-    flow = image_path(root, container["command"][1])
-    assert flow.is_file(), f"{container['command'][1]} is not in the trainer image"
-    assert DOCKERFILE.stages["trainer"].all("WORKDIR")[-1] == container["workingDir"]
+    assert container["command"] == ["python", "-m", "controller.training.podrun"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    request = json.loads(env["TRELLIS_RUN_REQUEST"])
+    flow = image_path(root, request["flow_file"])
+    assert flow.is_file(), f"{request['flow_file']} is not in the trainer image"
+    # The run's scratch is the pod's emptyDir, never the image's read-only root.
+    assert container["workingDir"] == env["HOME"] == "/work"
+    assert {"name": "work", "mountPath": "/work"} in container["volumeMounts"]
     assert "/app/.venv/bin" in DOCKERFILE.env("trainer")["PATH"].split(":")[0]
-    # The Job's initContainer clones the spec's commit with this image's git.
+    # The Job's initContainer clones the spec's commit with this image's git (and ssh).
     installs = DOCKERFILE.stages["trainer"].all("RUN")
     assert any(re.search(r"install[^&;]*\bgit\b", r) for r in installs)
+    assert any(re.search(r"install[^&;]*\bopenssh-client\b", r) for r in installs)
     check_python(ROOT / ".venv" / "bin" / "python", (
         "import importlib.util, sys\n"
         f"sys.path.insert(0, {str(flow.parent)!r})\n"
@@ -306,6 +311,7 @@ def test_trainer_runs_what_the_training_job_asks_for(tmp_path: Path) -> None:
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         "from metaflow import FlowSpec\n"
         "assert issubclass(mod.PumpkinFlow, FlowSpec)\n"
+        "import controller.training.podrun\n"
         "import pumpkin_data, pumpkin_model, torch, boto3\n"
     ), {}, cwd=tmp_path)
 

@@ -13,7 +13,7 @@ from controller import quantities as q
 from controller import schema
 from controller.settings import Settings
 from controller.training.decide import RunKey
-from controller.training.kubernetes import kubernetes_decorator, render_job
+from controller.training.kubernetes import container_resources, render_job
 from controller.training.preflight import preflight
 from controller.validate import validate_paths
 from tests.support.specfuzz import QUANTITY_EDGES
@@ -104,19 +104,18 @@ def test_job_carries_the_exact_quantities() -> None:
     exp = _experiment({"cpu": "1500m", "memory": "4Gi"})
     job = render_job(exp, RunKey(1), 1, SETTINGS, parameters={}, tags={}, commit=None,
                      source_url=None)
-    ann = job["metadata"]["annotations"]
-    assert (ann["mlops.trellis.dev/resources-cpu"], ann["mlops.trellis.dev/resources-memory"],
-            ann["mlops.trellis.dev/resources-gpu"]) == ("1500m", "4Gi", "0")
-    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    decorator = cmd[cmd.index("--with") + 1]
-    assert decorator.endswith(",cpu=1.5,memory=4295")  # no gpu: none asked
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res == {"requests": {"cpu": "1500m", "memory": "4Gi"},
+                   "limits": {"memory": "4Gi"}}  # no gpu: none asked
 
 
-def test_decorator_fills_the_crd_defaults() -> None:
-    # the CRD's defaults (cpu 1, memory 2048 MiB), read from the schema
-    assert kubernetes_decorator({}, SETTINGS).endswith(",cpu=1,memory=2148")
-    assert kubernetes_decorator({"gpu": 2, "memory": 128}, SETTINGS).endswith(
-        ",cpu=1,memory=135,gpu=2")
+def test_container_resources_fill_the_crd_defaults_and_keep_mib() -> None:
+    # the CRD's defaults (cpu 1, memory 2048 MiB), read from the schema: MiB stay MiB
+    assert container_resources({}) == {"requests": {"cpu": "1", "memory": "2048Mi"},
+                                       "limits": {"memory": "2048Mi"}}
+    assert container_resources({"gpu": 2, "memory": 128, "cpu": "250m"}) == {
+        "requests": {"cpu": "250m", "memory": "128Mi"},
+        "limits": {"memory": "128Mi", "nvidia.com/gpu": "2"}}
 
 
 def test_crd_pattern_is_the_module_pattern() -> None:

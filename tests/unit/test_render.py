@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from controller.serving.seldon import Predictor, render
 from controller.settings import Settings
 from controller.training.decide import RunKey
@@ -49,29 +53,122 @@ def test_two_predictors_during_a_rollout_with_logger() -> None:
                for p in preds)
 
 
-def test_training_job() -> None:
+def _env(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_training_job_runs_the_whole_flow_in_one_pod() -> None:
     job = render_job(EXP, RunKey(3), 2, SETTINGS, parameters=EXP["spec"]["parameters"],
                      tags={"trellis.uid": "u-2"}, commit="abc123",
                      source_url="https://git.example/farm.git")
     assert job["metadata"]["name"] == "classifier-g3-a2"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-2"
     assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 86400
     pod = job["spec"]["template"]["spec"]
-    cmd = pod["containers"][0]["command"]
-    assert cmd[:2] == ["python", "/workspace/src/flows/pumpkin_flow.py"]
-    assert "run" in cmd and "--with" in cmd
-    decorator = cmd[cmd.index("--with") + 1]
-    assert decorator.startswith("kubernetes:image=reg/trainer:1")
-    # 8192 MiB in MB, rounded up (Metaflow writes "<n>M" into the step pods)
-    assert "gpu=1" in decorator and "cpu=4" in decorator and "memory=8590" in decorator
-    assert cmd[cmd.index("--epochs") + 1] == "3" and cmd[cmd.index("--augment") + 1] == "true"
-    assert cmd[cmd.index("--tag"):cmd.index("--tag") + 2] == ["--tag", "trellis.uid:u-2"]
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    [container] = pod["containers"]
+    assert container["command"] == ["python", "-m", "controller.training.podrun"]
+    env = _env(container)
+    assert json.loads(env["TRELLIS_RUN_REQUEST"]) == {
+        "flow_file": "/workspace/src/flows/pumpkin_flow.py", "flow_name": "PumpkinFlow",
+        "parameters": {"epochs": 3, "lr": 0.01, "augment": True},
+        "tags": {"trellis.uid": "u-2"}}
+    # the exact quantities (8192 MiB stays 8192Mi), the GPU on this pod only
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "memory": "8192Mi"},
+        "limits": {"memory": "8192Mi", "nvidia.com/gpu": "1"}}
+    assert env["TRELLIS_DEVICE"] == "cuda"  # holding a GPU, never trains on the CPU
+    assert env["METAFLOW_DEFAULT_DATASTORE"] == "s3"
     assert env["METAFLOW_DATASTORE_SYSROOT_S3"] == "s3://bucket/mf"
     assert env["METAFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["METAFLOW_DEFAULT_METADATA"] == "local" and "METAFLOW_SERVICE_URL" not in env
+    assert env["TRELLIS_MODEL_STORE"] == "s3://bucket/mf/models"
     assert env["TRELLIS_SOURCE_COMMIT"] == "abc123"
+    # everything the run writes goes to the pod's scratch, not the read-only image
+    for name in ("HOME", "TMPDIR", "METAFLOW_ARTIFACT_LOCALROOT", "TRELLIS_WORKDIR"):
+        assert env[name].startswith("/work"), name
+    assert container["envFrom"] == [{"secretRef": {"name": "trellis-s3"}}]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     init = pod["initContainers"][0]
-    assert {e["name"]: e["value"] for e in init["env"]}["COMMIT"] == "abc123"
+    assert _env(init)["COMMIT"] == "abc123"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_cpu_only_runs_ask_for_no_gpu_and_use_the_metadata_service_when_set() -> None:
+    exp = {**EXP, "spec": {**EXP["spec"], "resources": {"cpu": "500m", "memory": "2Gi"}}}
+    settings = Settings(metaflow_service_url="http://metaflow-service:8080")
+    job = render_job(exp, RunKey(1), 1, settings, parameters={}, tags={}, commit=None,
+                     source_url=None)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    env = _env(container)
+    assert env["TRELLIS_DEVICE"] == "cpu"
+    assert json.loads(env["TRELLIS_RUN_REQUEST"])["flow_file"] == "/app/flows/pumpkin_flow.py"
+    assert (env["METAFLOW_DEFAULT_METADATA"], env["METAFLOW_SERVICE_URL"]) == (
+        "service", "http://metaflow-service:8080")
+    assert env["TRELLIS_SOURCE_COMMIT"] == "unknown"
+    assert "METAFLOW_S3_ENDPOINT_URL" not in env  # AWS itself
+
+
+def test_every_trainer_container_meets_the_restricted_pod_security_profile() -> None:
+    job = render_job(EXP, RunKey(1), 1, SETTINGS, parameters={}, tags={}, commit="c",
+                     source_url="https://git.example/farm.git")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert c["resources"]["requests"]["memory"], c["name"]
+    assert all("hostPath" not in v for v in pod["volumes"])
+
+
+def test_scheduling_comes_from_the_operator_configuration() -> None:
+    settings = Settings.from_env({
+        "TRELLIS_TRAINER_NODE_SELECTOR": '{"pool": "gpu"}',
+        "TRELLIS_TRAINER_TOLERATIONS":
+            '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        "TRELLIS_TRAINER_IMAGE_PULL_SECRETS": "regcred, other",
+        "TRELLIS_TRAINER_PRIORITY_CLASS": "training",
+        "TRELLIS_TRAINER_DEADLINE_SECONDS": "3600",
+    })
+    job = render_job(EXP, RunKey(1), 1, settings, parameters={}, tags={}, commit=None,
+                     source_url=None)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                   "effect": "NoSchedule"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert pod["priorityClassName"] == "training"
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    plain = render_job(EXP, RunKey(1), 1, Settings(), parameters={}, tags={}, commit=None,
+                       source_url=None)["spec"]["template"]["spec"]
+    assert not {"nodeSelector", "tolerations", "imagePullSecrets",
+                "priorityClassName"} & plain.keys()
+
+
+@pytest.mark.parametrize(("name", "raw", "says"), [
+    ("TRELLIS_TRAINER_NODE_SELECTOR", "pool=gpu", "not valid JSON"),
+    ("TRELLIS_TRAINER_TOLERATIONS", '{"key": "x"}', "must be a JSON array"),
+    ("TRELLIS_DEFAULT_TRAINING_BACKEND", "argo", "must be one of local, kubernetes"),
+])
+def test_malformed_trainer_settings_are_refused_with_their_name(name: str, raw: str,
+                                                                says: str) -> None:
+    with pytest.raises(ValueError, match=says) as err:
+        Settings.from_env({name: raw})
+    assert name in str(err.value)
+
+
+def test_host_mounts_of_the_dev_node_are_read_only() -> None:
+    settings = Settings(trainer_host_mounts={"/app/.venv": "/var/cache/envs/trainer"})
+    pod = render_job(EXP, RunKey(1), 1, settings, parameters={}, tags={}, commit=None,
+                     source_url=None)["spec"]["template"]["spec"]
+    assert {"name": "host-0", "hostPath": {"path": "/var/cache/envs/trainer",
+                                           "type": "Directory"}} in pod["volumes"]
+    assert {"name": "host-0", "mountPath": "/app/.venv", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
 
 
 def test_job_names_fit_and_differ_per_trigger() -> None:

@@ -1,0 +1,140 @@
+"""What a training Job's one pod runs: the whole flow, in that pod, and its outcome.
+
+``python -m controller.training.podrun`` reads ``TRELLIS_RUN_REQUEST`` (JSON: flow_file,
+flow_name, parameters, tags), runs ``python <flow> run`` there — every step in this pod,
+with the pod's CPU, memory and GPU, artifacts in the S3 datastore — and ends by writing
+the run's outcome as the container's termination message: pathspec, metrics, model and
+reference URIs, commit, or the error with the output's last lines. That is how the
+operator learns the result without Metaflow's metadata service (local metadata dies
+with the pod); with ``METAFLOW_DEFAULT_METADATA=service`` the run also shows in
+Metaflow's UI.
+
+Why not ``run --with kubernetes``: each step would be a pod of its own that Metaflow
+creates, owned by nothing, without the Job's Secret, env or security context, left
+running when the Experiment is deleted (docs/architecture.md).
+
+SIGTERM (the Job deleted, its deadline passed) goes to the flow's whole process group,
+so no step outlives the pod's grace period. Only the standard library and Metaflow.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MARKER = "podrun"  # the key that says a termination message is ours (controller.podstate)
+MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+TAIL_LINES = 40
+DEFAULT_LOG = "/dev/termination-log"
+
+
+def command(req: dict[str, Any], run_id_file: Path) -> list[str]:
+    """``python <flow> run`` with the request's tags and parameters."""
+    cmd = [sys.executable, req["flow_file"], "--no-pylint", "run",
+           "--run-id-file", str(run_id_file)]
+    for key, value in sorted((req.get("tags") or {}).items()):
+        cmd += ["--tag", f"{key}:{value}"]
+    for name, value in sorted((req.get("parameters") or {}).items()):
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        cmd += [f"--{name}", text]
+    return cmd
+
+
+def read_run(flow_name: str, run_id: str) -> dict[str, Any]:
+    """The finished run's artifacts, through the Metaflow client (this pod's metadata)."""
+    from metaflow import Run, namespace
+
+    namespace(None)
+    run = Run(f"{flow_name}/{run_id}")
+    data = run.data
+    return {"pathspec": run.pathspec, "metrics": dict(data.metrics),
+            "model_uri": data.model_uri, "reference_uri": data.reference_uri,
+            "commit": data.commit, "dataset_fingerprint": data.dataset_fingerprint,
+            "epoch_metrics": list(data.epoch_metrics)}
+
+
+def message(outcome: dict[str, Any], limit: int = MESSAGE_LIMIT) -> str:
+    """The outcome as JSON within ``limit`` bytes: the oldest epochs go first, then the
+    start of the output's tail (its end says what broke); the error line stays whole."""
+    doc = {MARKER: 1, **outcome}
+
+    def dump() -> str:
+        return json.dumps(doc, separators=(",", ":"), default=str)
+
+    text = dump()
+    while len(text.encode()) > limit and doc.get("epoch_metrics"):
+        doc["epoch_metrics"] = doc["epoch_metrics"][1:]
+        text = dump()
+    for key in ("output", "error"):
+        kept = doc.get(key) or ""
+        while len(text.encode()) > limit and kept:
+            kept = kept[max(16, len(text.encode()) - limit + 3):]
+            doc[key] = "..." + kept
+            text = dump()
+    return text
+
+
+def run(req: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run the flow to its end; the outcome (``error`` set when it failed)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_id_file = workdir / "run-id"
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(command(req, run_id_file), cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line.rstrip("\n"))
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""
+    outcome: dict[str, Any] = {"returncode": code}
+    if run_id:
+        outcome["pathspec"] = f"{req['flow_name']}/{run_id}"
+    if code != 0:
+        return outcome | {"error": f"the flow exited with code {code}",
+                          "output": "\n".join(tail)}
+    try:
+        return outcome | read_run(req["flow_name"], run_id)
+    except Exception as exc:  # the run ended well but its artifacts cannot be read
+        return outcome | {"error": f"cannot read run {run_id or '(no run id)'}: {exc}"}
+
+
+def main() -> int:
+    req = json.loads(os.environ["TRELLIS_RUN_REQUEST"])
+    workdir = Path(os.environ.get("TRELLIS_WORKDIR") or tempfile.mkdtemp(prefix="podrun-"))
+    try:
+        outcome = run(req, workdir)
+    except Exception as exc:  # the flow could not even start
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    text = message(outcome)
+    target = Path(os.environ.get("TRELLIS_TERMINATION_LOG") or DEFAULT_LOG)
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"cannot write the termination message to {target}: {exc}", file=sys.stderr)
+    print(text)
+    return 0 if not outcome.get("error") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
