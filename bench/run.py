@@ -40,6 +40,7 @@ def suites(quick: bool) -> list[tuple[str, list[str]]]:
         ("images", [str(ROOT / "bench" / "images_bench.py")]),
         ("scale", scale),
         ("node", [str(ROOT / "bench" / "node_bench.py")]),
+        ("cluster-training", [str(ROOT / "bench" / "cluster_train_bench.py")]),
         ("chaos", chaos),
         # the last recorded fresh-machine `make test` (`--run` repeats it: most of an hour)
         ("fresh", [str(ROOT / "bench" / "fresh_test_bench.py")]),

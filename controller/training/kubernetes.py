@@ -31,7 +31,8 @@ WORK_DIR = "/work"  # the pod's writable scratch (an emptyDir): HOME, TMPDIR, Me
 CONTAINER = "flow"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER_UID = 10001  # the Dockerfile's trellis user
-# The restricted Pod Security profile, which every Trellis pod meets.
+# The restricted Pod Security profile, which trainer pods meet (unless the dev node's
+# host mounts are configured: hostPath is outside the profile).
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
                 "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -79,8 +80,12 @@ def _env(settings: Settings, commit: str | None, gpu: bool) -> list[dict[str, An
         "METAFLOW_USER": "trellis",
         "METAFLOW_DEFAULT_DATASTORE": "s3",
         "METAFLOW_DATASTORE_SYSROOT_S3": settings.datastore_s3_root,
-        # Metaflow's S3 client stages files in ARTIFACT_LOCALROOT (the cwd by default).
+        # Metaflow's datastore stages files in ARTIFACT_LOCALROOT, metaflow.S3 in TEMPDIR
+        # (both the cwd by default), the client caches blobs in CLIENT_CACHE_PATH
+        # (/tmp/metaflow_client by default): all on the pod's scratch.
         "METAFLOW_ARTIFACT_LOCALROOT": f"{WORK_DIR}/tmp",
+        "METAFLOW_TEMPDIR": f"{WORK_DIR}/tmp",
+        "METAFLOW_CLIENT_CACHE_PATH": f"{WORK_DIR}/client-cache",
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": WORK_DIR,
         "METAFLOW_DEFAULT_METADATA": "service" if settings.metaflow_service_url else "local",
         "TRELLIS_SOURCE_COMMIT": commit or "unknown",
@@ -123,8 +128,10 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
     flow_dir = SOURCE_DIR if source_url else "/app"
     request = {"flow_file": f"{flow_dir}/{spec['flow']['file']}",
                "flow_name": spec["flow"]["name"], "parameters": parameters, "tags": tags}
-    mounts = [{"name": "work", "mountPath": WORK_DIR}]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    # /tmp as well: libraries that assume it is writable meet a read-only root otherwise.
+    mounts = [{"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}},
+                                     {"name": "tmp", "emptyDir": {}}]
     for index, (inside, host) in enumerate(sorted(settings.trainer_host_mounts.items())):
         volumes.append({"name": f"host-{index}",
                         "hostPath": {"path": host, "type": "Directory"}})

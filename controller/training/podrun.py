@@ -13,8 +13,10 @@ Why not ``run --with kubernetes``: each step would be a pod of its own that Meta
 creates, owned by nothing, without the Job's Secret, env or security context, left
 running when the Experiment is deleted (docs/architecture.md).
 
-SIGTERM (the Job deleted, its deadline passed) goes to the flow's whole process group,
-so no step outlives the pod's grace period. Only the standard library and Metaflow.
+SIGTERM (the Job deleted, its deadline passed) reaches the flow's whole process group as
+SIGINT (Metaflow's runtime then stops its tasks and flushes their logs), SIGKILL follows
+before the pod's grace period ends: no step outlives the pod. Only the standard library
+and Metaflow.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,10 @@ MARKER = "podrun"  # the key that says a termination message is ours (controller
 MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 TAIL_LINES = 40
 DEFAULT_LOG = "/dev/termination-log"
+KILL_AFTER_S = 20.0
+# Directories the environment names that must exist before Metaflow runs.
+SCRATCH_ENV = ("TMPDIR", "METAFLOW_ARTIFACT_LOCALROOT", "METAFLOW_TEMPDIR",
+               "METAFLOW_CLIENT_CACHE_PATH")
 
 
 def command(req: dict[str, Any], run_id_file: Path) -> list[str]:
@@ -85,15 +92,26 @@ def message(outcome: dict[str, Any], limit: int = MESSAGE_LIMIT) -> str:
 def run(req: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run the flow to its end; the outcome (``error`` set when it failed)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # The scratch directories the Job points at (an emptyDir starts empty): Metaflow's
+    # S3 client calls mkdtemp(dir=ARTIFACT_LOCALROOT) and fails if it is missing.
+    for name in SCRATCH_ENV:
+        if os.environ.get(name):
+            Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
     run_id_file = workdir / "run-id"
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(command(req, run_id_file), cwd=workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace",
                             start_new_session=True)
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(_signum: int, _frame: object) -> None:
+        # Metaflow's runtime cleans up (kills its tasks, flushes their logs) only on
+        # KeyboardInterrupt: pass SIGTERM on as SIGINT, then SIGKILL whatever is left
+        # before the kubelet's grace period (30 s by default) ends.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
+            os.killpg(proc.pid, signal.SIGINT)
+        timer = threading.Timer(KILL_AFTER_S, _kill_group, (proc.pid,))
+        timer.daemon = True
+        timer.start()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -117,6 +135,11 @@ def run(req: dict[str, Any], workdir: Path) -> dict[str, Any]:
         return outcome | read_run(req["flow_name"], run_id)
     except Exception as exc:  # the run ended well but its artifacts cannot be read
         return outcome | {"error": f"cannot read run {run_id or '(no run id)'}: {exc}"}
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def main() -> int:

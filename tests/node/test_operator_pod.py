@@ -165,11 +165,34 @@ def _pods(cluster: Cluster, ns: str, experiment: str) -> list[dict[str, Any]]:
         "-o", "json").stdout)["items"]
 
 
-def test_an_experiment_trains_in_one_pod_to_a_model_in_s3(
+def _running_pods(cluster: Cluster) -> list[dict]:
+    pods = json.loads(cluster.kubectl(
+        "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=trellis-operator",
+        "-o", "json").stdout)["items"]
+    return [p for p in pods if p["status"].get("podIP") and not
+            p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"]
+
+
+def test_an_experiment_trains_in_one_pod_to_a_model_in_s3_across_a_failover(
         node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    """The active replica is force-deleted while the run is in flight: the standby takes
+    over, re-attaches to the Job, and the run is still one run and one model version."""
     ns = _team_namespace(node_cluster, "train-in-pods")
+    before = {p["metadata"]["name"]: _reconciles(p) for p in _running_pods(node_cluster)}
     node_cluster.apply(_experiment("classifier", {"cpu": "1", "memory": "2Gi", "gpu": 0},
                                    n_samples=1500), ns)
+
+    def job_running() -> str | None:
+        obj = node_cluster.get("experiment", "classifier", ns) or {}
+        current = (obj.get("status") or {}).get("currentRun") or {}
+        return current.get("job") if current.get("launched") else None
+
+    wait_for(job_running, timeout=120, interval=1, what="the run's Job recorded")
+    active = [p for p in _running_pods(node_cluster)
+              if _reconciles(p) > before.get(p["metadata"]["name"], 0)]
+    assert len(active) == 1, [p["metadata"]["name"] for p in active]
+    node_cluster.kubectl("delete", "pod", active[0]["metadata"]["name"], "-n", SYSTEM_NS,
+                         "--force", "--grace-period=0")
 
     def finished() -> dict | None:
         obj = node_cluster.get("experiment", "classifier", ns) or {}
@@ -182,8 +205,10 @@ def test_an_experiment_trains_in_one_pod_to_a_model_in_s3(
     logs = node_cluster.kubectl("logs", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}=classifier",
                                 "--tail=40", check=False).stdout
     assert status["phase"] == "Succeeded", (status, logs)
-    [run] = status["runs"]
+    [run] = status["runs"]  # one run: the new leader re-attached, never launched again
     assert run["reason"] == api.Reason.MODEL_REGISTERED, run
+    jobs = node_cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.split()
+    assert len(jobs) == 1, jobs
     # one pod ran every step, as the trainer image's non-root user, sized as asked
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     spec = pods[0]["spec"]
