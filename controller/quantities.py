@@ -6,8 +6,9 @@ compatibility). Values are parsed to :class:`fractions.Fraction` (no float drift
 ``0.1`` is ``100m``, ``1Gi`` is 1073741824 bytes) the way ``resource.ParseQuantity``
 reads them, and rendered for each consumer:
 
-- Kubernetes (the Job's annotations; CEL's ``quantity()``): the quantity as written;
-- Metaflow (``--with kubernetes:``/``resources:``): cpu as a decimal number of cores,
+- Kubernetes (the training pod's requests and limits; CEL's ``quantity()``): the
+  quantity as written;
+- Metaflow (``--with resources:``, local runs): cpu as a decimal number of cores,
   memory as an integer number of MB (Metaflow writes ``"%sM"`` into the pod), both
   rounded *up* (to the millicore, to the MB): a step never gets less than asked.
 
