@@ -58,6 +58,10 @@ class OperatorMetrics:
             "trellis_api_requests_total", "Requests the operator's reconcilers sent to the "
             "API server, by verb and resource (kopf's own — watches, finalizers — aside)",
             ["verb", "resource"], registry=self.registry)
+        self.log_dropped = Counter(
+            "trellis_request_log_dropped_total", "Records of Seldon's request logger that a "
+            "full request log did not take (the event was still acknowledged), by kind "
+            "(request, feedback)", ["namespace", "deployment", "kind"], registry=self.registry)
 
     def count(self, counts: Iterable[Count]) -> None:
         for c in counts:
@@ -66,6 +70,9 @@ class OperatorMetrics:
 
     def record_request(self, verb: str, resource: str) -> None:
         self.api_requests.labels(verb, resource).inc()
+
+    def record_log_drop(self, namespace: str, deployment: str, kind: str) -> None:
+        self.log_dropped.labels(namespace, deployment, kind).inc()
 
     def record_error(self, kind: str, reason: str) -> None:
         self.errors.labels(kind, reason).inc()

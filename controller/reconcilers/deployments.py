@@ -11,6 +11,7 @@ Metrics that cannot be read fail the pass before anything is decided: the canary
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -76,7 +77,8 @@ class ModelDeploymentReconciler:
         port = self.ctx.settings.request_logger_port
         if port < 0:
             return
-        self.receiver = Receiver(self.ctx.settings.request_log_dir)
+        self.receiver = Receiver(self.ctx.settings.request_log_dir,
+                                 on_drop=self.ctx.metrics.record_log_drop)
         runner = web.AppRunner(self.receiver.app(), access_log=None)
         await runner.setup()
         try:
@@ -156,8 +158,8 @@ class ModelDeploymentReconciler:
         if serving.failed and _reason(status) != api.Reason.SERVING_FAILED:
             p.events.append(Event(api.Reason.SERVING_FAILED, serving.message, "Warning"))
         status["conditions"] = self._conditions(status, p, serving, target, gen)
-        if drift_on and backend == "local" and serving.ready:
-            log_state = await self._log_state(obj, serving)
+        if drift_on and serving.ready:
+            log_state = await self._log_state(obj, serving, backend)
             status["conditions"] = logging_conditions(status["conditions"], log_state, gen)
         elif not drift_on:
             status["conditions"] = conditions.remove_condition(status["conditions"],
@@ -228,9 +230,21 @@ class ModelDeploymentReconciler:
                                      f"{p.canary['weight']}%: {exc}") from exc
         return out
 
-    async def _log_state(self, obj: dict[str, Any], serving: ServingState) -> LogState | None:
-        """What the local router says of its request log; None (condition kept) when its
-        metrics cannot be read: the rollout's pass goes on without it."""
+    async def _log_state(self, obj: dict[str, Any], serving: ServingState,
+                         backend: str) -> LogState | None:
+        """What the log's writer says of it: the local router (None, condition kept, when
+        its metrics cannot be read: the pass goes on without it) or, in cluster mode, the
+        receiver, told the spec's bound first (None when it is not listening)."""
+        if backend != "local":
+            if self.receiver is None:
+                return None
+            receiver, meta, drift = self.receiver, obj["metadata"], obj["spec"]["drift"]
+            ns, name = meta["namespace"], meta["name"]
+            bound = int((drift.get("storage") or {}).get("maxBytes", 268435456))
+            def read() -> LogState:  # both wait on the receiver's locks: off the event loop
+                receiver.set_bound(ns, name, bound)
+                return receiver.log_state(ns, name)
+            return await asyncio.to_thread(read)
         source = self.sources["local"]
         assert isinstance(source, LocalScrape)
         try:
@@ -328,6 +342,9 @@ class ModelDeploymentReconciler:
         await self.driver(backend).teardown(obj)
         if self.drift is not None:
             self.drift.forget(obj)
+        if self.receiver is not None:
+            await asyncio.to_thread(self.receiver.forget, obj["metadata"]["namespace"],
+                                    obj["metadata"]["name"])
 
     async def close(self) -> None:
         if self.receiver_runner is not None:

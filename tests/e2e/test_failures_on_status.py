@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,14 @@ def metrics_port(operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     """The in-process operator's /metrics on a port the test knows (instead of any)."""
     port = free_port()
     monkeypatch.setenv("TRELLIS_METRICS_PORT", str(port))
+    return port
+
+
+@pytest.fixture
+def logger_port(operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """The receiver for Seldon's request logger on a port the test knows."""
+    port = free_port()
+    monkeypatch.setenv("TRELLIS_REQUEST_LOGGER_PORT", str(port))
     return port
 
 
@@ -234,3 +244,73 @@ def test_the_api_server_rejecting_what_the_operator_renders_is_stalled(
     wait_predictors(cluster, namespace, [("stable", "v1", 100)], timeout=30)
     obj = failed_with(cluster, namespace, "Deploying")  # waiting for Seldon, as usual
     assert condition(obj, "Stalled") is None
+
+
+def log_event(port: int, path: str, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> int:
+    """POST to the receiver as Seldon's executor does; the HTTP status it answered."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def logged_prediction(port: int, ns: str, puid: str) -> list[int]:
+    """One prediction of 8 images as Seldon's request logger reports it, then its labels."""
+    hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+            "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
+            "Ce-Specversion": "1.0"}
+    images = [[[[0.5] * 3] * 64] * 64] * 8
+    answer = {"data": {"names": ["bad", "good"], "ndarray": [[0.2, 0.8]] * 8},
+              "meta": {"tags": {"trellis.features": [[1.0, 2.0]] * 8, "trellis.version": 1}}}
+    return [log_event(port, "/", {"data": {"ndarray": images}},
+                      {**hdrs, "Ce-Type": "io.seldon.serving.inference.request"}),
+            log_event(port, "/", answer,
+                      {**hdrs, "Ce-Type": "io.seldon.serving.inference.response"}),
+            log_event(port, f"/feedback/{ns}/classifier", {"puid": puid, "labels": [1] * 8})]
+
+
+def test_a_full_request_log_stops_logging_not_seldons_logger(
+        cluster: Cluster, namespace: str, logger_port: int, seldon: None, metrics_port: int,
+        tmp_path: Path) -> None:
+    """Cluster mode: at its byte bound the log drops what Seldon's request logger sends,
+    acknowledges it all the same, counts it, and says so on the ModelDeployment."""
+    ref = tmp_path / "models" / "classifier" / "1" / "reference.json"
+    reference(ref)
+    setup_objects(cluster, namespace, reference_uri=ref.as_uri(), drift={
+        "enabled": True, "action": "alert", "storage": {"maxBytes": 1048576}})  # ~80 images
+    wait_predictors(cluster, namespace, [("stable", "v1", 100)])
+    mark_available(cluster, namespace)
+    on = wait_for(lambda: condition(cluster.get("mdep", "classifier", namespace),
+                                    "RequestLogging"), timeout=30, what="RequestLogging")
+    assert (on["status"], on["reason"]) == ("True", "Logging")
+    dropped_key = (f'trellis_request_log_dropped_total{{deployment="classifier",'
+                   f'kind="request",namespace="{namespace}"}}')
+    dropped = 0.0
+    for i in range(30):  # labelled batches: nothing unlabelled is left to make room
+        codes = logged_prediction(logger_port, namespace, f"p{i}")
+        assert all(200 <= code < 300 for code in codes), codes  # never a failure to Seldon
+        dropped = scrape(metrics_port).get(dropped_key, 0.0)
+        if dropped >= 2:
+            break
+    assert dropped >= 2
+    full = wait_for(lambda: (c := condition(cluster.get("mdep", "classifier", namespace),
+                                            "RequestLogging")) and c["status"] == "False" and c,
+                    timeout=30, what="RequestLogging False")
+    assert full["reason"] == "LogFull" and "predictions are still served" in full["message"]
+    assert "since the request-log receiver started" in full["message"]
+    assert condition(cluster.get("mdep", "classifier", namespace), "Ready")["status"] == "True"
+
+    cluster.kubectl("patch", "mdep", "classifier", "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"drift": {"storage": {"maxBytes": 8388608}}}}))
+    more = iter(range(100))
+    def resumed() -> dict[str, Any] | None:  # the new bound reaches the log, then a record fits
+        codes = logged_prediction(logger_port, namespace, f"more{next(more)}")
+        assert all(200 <= code < 300 for code in codes), codes
+        cond = condition(cluster.get("mdep", "classifier", namespace), "RequestLogging")
+        return cond if cond["status"] == "True" else None
+    back = wait_for(resumed, timeout=30, interval=1.0, what="RequestLogging True again")
+    assert back["reason"] == "Logging"

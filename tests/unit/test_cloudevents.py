@@ -86,3 +86,48 @@ def test_feedback_sent_through_seldon_is_logged_as_ground_truth(tmp_path: Path) 
     reader = RequestLogReader(tmp_path / "farm" / "classifier")
     assert reader.labelled_count() == 2
     assert reader.live_accuracy() == 0.5  # predicted [0, 1], truth [1, 1]
+
+
+def test_a_full_log_drops_records_but_acknowledges_every_event(tmp_path: Path) -> None:
+    """Seldon's executor must see no failure for a prediction it already answered: the
+    full log drops the record (200), counts it, and says so until a record fits again."""
+    drops: list[tuple[str, str, str]] = []
+
+    async def go():
+        receiver = Receiver(tmp_path, on_drop=lambda *drop: drops.append(drop))
+        receiver.set_bound("farm", "classifier", 120_000)  # a few labelled pairs
+        codes: list[int] = []
+        async with TestClient(TestServer(receiver.app())) as client:
+            async def pair(rid: str) -> None:
+                for kind, body in ((REQUEST, {"data": {"ndarray": IMAGES}}),
+                                   (RESPONSE, RESPONSE_BODY)):
+                    resp = await client.post("/", json=body, headers=headers(kind, rid))
+                    codes.append(resp.status)
+                resp = await client.post("/feedback/farm/classifier",
+                                         json={"puid": rid, "labels": [0, 1]})
+                codes.append(resp.status)
+            for i in range(8):
+                await pair(f"r{i}")
+            full = await asyncio.to_thread(receiver.log_state, "farm", "classifier")
+            receiver.set_bound("farm", "classifier", 10_000_000)  # room again
+            await pair("after")
+            after = await asyncio.to_thread(receiver.log_state, "farm", "classifier")
+        receiver.close()
+        return codes, full, after
+
+    codes, full, after = asyncio.run(go())
+    assert all(200 <= code < 300 for code in codes), codes
+    assert full.full and full.max_bytes == 120_000 and full.writer == "request-log receiver"
+    assert full.dropped_requests >= 1 and full.dropped_requests == full.dropped_feedback
+    assert drops.count(("farm", "classifier", "request")) == full.dropped_requests
+    assert drops.count(("farm", "classifier", "feedback")) == full.dropped_feedback
+    assert not after.full and after.dropped_requests == full.dropped_requests
+    reader = RequestLogReader(tmp_path / "farm" / "classifier")
+    assert reader.labelled_count() == 2 * (8 - full.dropped_requests + 1)
+
+
+def test_log_state_of_a_deployment_never_heard_from(tmp_path: Path) -> None:
+    receiver = Receiver(tmp_path, max_bytes=5_000_000)
+    state = receiver.log_state("farm", "quiet")
+    assert not state.full and (state.used_bytes, state.max_bytes) == (0, 5_000_000)
+    receiver.forget("farm", "quiet")  # nothing open: nothing to close
