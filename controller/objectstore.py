@@ -135,7 +135,9 @@ class ObjectStore:
                 import boto3
                 from botocore.config import Config
 
-                self._client = boto3.client(
+                # A session of its own: boto3's default one keeps the credentials it
+                # found first, whatever the environment says later.
+                self._client = boto3.session.Session().client(
                     "s3", endpoint_url=self.endpoint_url or None,
                     config=Config(s3={"addressing_style": "path"},
                                   retries={"max_attempts": 3, "mode": "standard"},
