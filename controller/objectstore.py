@@ -140,7 +140,7 @@ class ObjectStore:
                 self._client = boto3.session.Session().client(
                     "s3", endpoint_url=self.endpoint_url or None,
                     config=Config(s3={"addressing_style": "path"},
-                                  retries={"max_attempts": 3, "mode": "standard"},
+                                  retries={"max_attempts": 2, "mode": "standard"},
                                   connect_timeout=5, read_timeout=30))
             return self._client
 
