@@ -115,6 +115,8 @@ class Reason:
     CONFLICT: Final = "Conflict"
     METRICS_UNAVAILABLE: Final = "MetricsUnavailable"
     MODEL_UNREADABLE: Final = "ModelUnreadable"
+    STORAGE_UNAVAILABLE: Final = "StorageUnavailable"
+    FEEDBACK_EXPORT_FAILED: Final = "FeedbackExportFailed"
 
 
 class Phase:

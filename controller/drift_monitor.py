@@ -3,12 +3,14 @@
 Owns ``status.drift`` and the DriftDetected / AccuracyDegraded conditions. Reads the
 request log (written by the local router, or by the CloudEvents receiver that Seldon's
 request logger feeds in a cluster), decides with ``drift_episodes.next_drift_state``,
-and on a retrain decision exports the labelled live inputs and puts the request on the
-deployment's own status (``status.drift.retrain``), written with the rest of the status
-in the loop's one patch. It writes nothing else: the Experiment reconciler, woken by
-that write, adopts the request into the Experiment's ``status.retrain`` and starts
-exactly one run per episode (``training.decide.adopt_retrain``). The Experiment is only
-read here — its objective, retrain policy and last retrain (the cooldown clock).
+and on a retrain decision exports the labelled live inputs (to S3 when the retrain runs
+in a pod: ``controller.feedback``) and puts the request on the deployment's own status
+(``status.drift.retrain``), written with the rest of the status in the loop's one patch.
+It writes nothing else: the Experiment reconciler, woken by that write, adopts the
+request into the Experiment's ``status.retrain`` and starts exactly one run per episode
+(``training.decide.adopt_retrain``). The Experiment is only read here — its objective,
+retrain policy and last retrain (the cooldown clock). References and feedback are
+objects by URI (``controller.objectstore``): local files or S3.
 """
 
 from __future__ import annotations
@@ -20,39 +22,34 @@ import hashlib
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from controller import conditions
+from controller import conditions, feedback
 from controller.context import Context
 from controller.drift import Reference
 from controller.drift_episodes import DriftPolicy, LastRetrain, next_drift_state
-from controller.failures import ModelUnreadable
+from controller.failures import FeedbackExportFailed, ModelUnreadable, StorageUnavailable
 from controller.logs import object_ref
 from controller.loop import Event
+from controller.objectstore import ObjectStore, ObjectStoreError, parse
 from controller.serving.requestlog_read import RequestLogReader, deployment_log_dir
 
 log = logging.getLogger("trellis.drift")
 
 
-def _read_reference(uri: str) -> Reference:
-    path = _local_path(uri)
-    if path.is_dir():
-        path = path / "reference.json"
-    return Reference.from_json(path.read_text())
-
-
-def _local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path)
-    raise ValueError(f"reference {uri!r}: only file:// references are readable by the "
-                     "local drift monitor")
+def read_reference(store: ObjectStore, uri: str) -> Reference:
+    """The reference at ``uri`` (a local version directory means its reference.json).
+    Blocking; raises ``ObjectStoreError`` or, for a bad URI or content, ``ValueError``."""
+    loc = parse(uri)
+    if loc.scheme == "file" and Path(loc.path).is_dir():
+        uri = str(Path(loc.path) / "reference.json")
+    return Reference.from_json(store.read(uri).decode())
 
 
 class DriftMonitor:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.interval = ctx.settings.drift_interval_seconds
+        self.store = ObjectStore(ctx.settings.s3_endpoint_url)
         # The stable model's reference per deployment: replaced on promotion, not piled up.
         self._references: dict[tuple[str, str], tuple[str, Reference]] = {}
         self._seen: dict[tuple[str, str], str] = {}  # last input signature checked
@@ -101,7 +98,6 @@ class DriftMonitor:
             previous.get("retrainRequested"))
         if self._seen.get(key) == signature and previous and not clock_bound:
             return []  # nothing new since the last check: no verdict, no write
-        self._seen[key] = signature
 
         result = None
         if len(window) >= policy.min_samples and window.shape[1] == len(reference.feature_names):
@@ -117,11 +113,12 @@ class DriftMonitor:
             labels_wanted=self.ctx.settings.retrain_min_labels if wants_labels else 0,
             labels_since_onset=since_onset, experiment=exp["metadata"]["name"])
         if decision.retrain is not None:
-            feedback = await self._export_feedback(obj, exp, decision.retrain.episode, onset,
+            exported = await self._export_feedback(obj, exp, decision.retrain.episode, onset,
                                                    export=wants_labels)
-            if feedback:
-                decision.status["retrain"]["feedbackUri"] = feedback
+            if exported:
+                decision.status["retrain"]["feedbackUri"] = exported
         status["drift"] = decision.status
+        self._seen[key] = signature  # only now: a failed export is decided again next pass
         conds = status.get("conditions")
         for ctype, value in decision.conditions.items():
             if value is None:
@@ -143,31 +140,52 @@ class DriftMonitor:
         return features, labelled, accuracy, onset, since
 
     async def _reference(self, key: tuple[str, str], uri: str, version: int) -> Reference:
-        """The stable model's training reference; ``ModelUnreadable`` when it cannot be
-        read or parsed (the same URI will not read better on the next try)."""
+        """The stable model's training reference. ``StorageUnavailable`` while the store
+        cannot answer; ``ModelUnreadable`` when it answers no (missing, refused, no
+        credentials) or the content is not a reference: the same URI will not read
+        better by itself. Either way the loop writes the rest of the pass's status."""
         cached = self._references.get(key)
         if cached is None or cached[0] != uri:
+            what = f"the drift reference of model v{version} ({uri})"
             try:
-                cached = (uri, await asyncio.to_thread(_read_reference, uri))
+                cached = (uri, await asyncio.to_thread(read_reference, self.store, uri))
+            except ObjectStoreError as exc:
+                if exc.transient:
+                    raise StorageUnavailable(f"{what} cannot be read now: {exc}") from exc
+                raise ModelUnreadable(f"{what} cannot be read: {exc}") from exc
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ModelUnreadable(f"the drift reference of model v{version} ({uri}) "
-                                      f"cannot be read: {exc}") from exc
+                raise ModelUnreadable(f"{what} cannot be read: {exc}") from exc
             self._references[key] = cached
         return cached[1]
 
     async def _export_feedback(self, obj: dict[str, Any], exp: dict[str, Any], episode: str,
                                onset: float | None, *, export: bool) -> str | None:
-        """The labelled live inputs since the onset, exported for the retrain (None: none,
-        or the Experiment does not learn from feedback: ``retrain.includeFeedback``). A
-        status write lost after this leaves the file unread: the next request re-exports."""
-        exp_meta = exp["metadata"]
-        target = (self.ctx.settings.state_dir / "retrain" / exp_meta["namespace"]
-                  / exp_meta["name"] / f"{episode}.npz")
-        count = 0
+        """The labelled live inputs since the onset, exported where the Experiment's retrain
+        can read them (``feedback.export_uri``); None: none, or the Experiment does not
+        learn from feedback (``retrain.includeFeedback``). A status write lost after this
+        leaves the object unread: the next request re-exports."""
+        meta, exp_meta = obj["metadata"], exp["metadata"]
+        settings = self.ctx.settings
+        count, target = 0, ""
         if export:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            count = await asyncio.to_thread(RequestLogReader(self.log_dir(obj)).export_labelled,
-                                            target, onset)
-        log.info("retrain of %s/%s requested (episode %s, %d labelled inputs)",
-                 exp_meta["namespace"], exp_meta["name"], episode, count, extra=object_ref(obj))
-        return str(target) if count else None
+            try:
+                target = feedback.export_uri(
+                    backend=(exp.get("spec") or {}).get("backend", "local"),
+                    s3_root=settings.datastore_s3_root, state_dir=settings.state_dir,
+                    namespace=meta["namespace"], deployment=meta["name"], episode=episode)
+                count = await asyncio.to_thread(feedback.export_labelled,
+                                                RequestLogReader(self.log_dir(obj)), target,
+                                                onset, self.store)
+            except ObjectStoreError as exc:
+                message = (f"feedback for the retrain of episode {episode} not exported to "
+                           f"{target}: {exc}")
+                if exc.transient:
+                    raise StorageUnavailable(message) from exc
+                raise FeedbackExportFailed(message) from exc
+            except ValueError as exc:  # no place it can go (a bad S3 root)
+                raise FeedbackExportFailed(f"feedback for the retrain of episode {episode} "
+                                           f"not exported: {exc}") from exc
+        log.info("retrain of %s/%s requested (episode %s, %d labelled inputs%s)",
+                 exp_meta["namespace"], exp_meta["name"], episode, count,
+                 f" in {target}" if count else "", extra=object_ref(obj))
+        return target if count else None

@@ -9,10 +9,11 @@ is not always something we can watch), and names it with a stable reason and the
 error's own message. The loop (``controller.loop``) writes that onto the object only
 when it differs from what is there, so a failure that persists costs no writes.
 
-Adapters raise errors typed by intent (``MetricsUnavailable``, ``ModelUnreadable``) at
-their boundary instead of leaking aiohttp or file-system exceptions; they are kopf's
-``TemporaryError`` / ``PermanentError``. The delete handlers pace their retries by the
-same classification but never give up (``controller.operator.on_delete``).
+Adapters raise errors typed by intent (``MetricsUnavailable``, ``ModelUnreadable``,
+``StorageUnavailable``) at their boundary instead of leaking aiohttp, boto3 or file-system
+exceptions; they are kopf's ``TemporaryError`` / ``PermanentError``. The delete handlers
+pace their retries by the same classification but never give up
+(``controller.operator.on_delete``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ class ModelUnreadable(kopf.PermanentError):
     reason = api.Reason.MODEL_UNREADABLE
 
 
+class StorageUnavailable(kopf.TemporaryError):
+    """The object store (S3) cannot be reached or is throttling: the same read or write
+    may work in a moment."""
+
+    reason = api.Reason.STORAGE_UNAVAILABLE
+
+
+class FeedbackExportFailed(kopf.PermanentError):
+    """The labelled live inputs cannot be written where the retrain reads them (refused,
+    no credentials, a bad destination): the retrain waits for that to be fixed."""
+
+    reason = api.Reason.FEEDBACK_EXPORT_FAILED
+
+
 @dataclass(frozen=True)
 class Failure:
     """One classified failure: what goes on the object and how the loop paces retries."""
@@ -66,6 +81,7 @@ LOOP_REASONS = frozenset({
     api.Reason.RECONCILE_FAILED, api.Reason.API_UNAVAILABLE, api.Reason.REJECTED,
     api.Reason.FORBIDDEN, api.Reason.UNAUTHORIZED, api.Reason.RESOURCE_NOT_FOUND,
     api.Reason.METRICS_UNAVAILABLE, api.Reason.MODEL_UNREADABLE,
+    api.Reason.STORAGE_UNAVAILABLE, api.Reason.FEEDBACK_EXPORT_FAILED,
 })
 
 

@@ -75,7 +75,8 @@ class PumpkinFlow(FlowSpec):
         "feedback_uri",
         type=str,
         default="",
-        help="Optional .npz of labelled live inputs (x uint8 (n,64,64,3), y int) to train on.",
+        help="Optional .npz of labelled live inputs (x uint8 (n,64,64,3), y int) to train on: "
+        "a path, file:// or s3:// URI.",
     )
     fail_at_step = Parameter(
         "fail_at_step",
@@ -87,7 +88,6 @@ class PumpkinFlow(FlowSpec):
     @step
     def start(self):
         """Collect the photos and record which code and inputs this run is made of."""
-        import numpy as np
         import pumpkin_data
 
         self._enter("start")
@@ -108,9 +108,7 @@ class PumpkinFlow(FlowSpec):
         self.labels = batch.y
         self.feedback_images, self.feedback_labels = None, None
         if self.feedback_uri:
-            path = self.feedback_uri.removeprefix("file://")
-            with np.load(path) as data:
-                x, y = data["x"], np.asarray(data["y"]).astype(np.int64)
+            x, y = _load_feedback(self.feedback_uri)
             expected = (self.image_size, self.image_size, 3)
             if x.ndim != 4 or x.shape[1:] != expected or len(x) != len(y):
                 raise ValueError(
@@ -373,6 +371,38 @@ def _publish(files: dict, store: str, suffix: str) -> str:
         (version_dir / f".{name}.tmp").write_bytes(data)
         os.replace(version_dir / f".{name}.tmp", version_dir / name)
     return version_dir.as_uri()
+
+
+def _load_feedback(uri: str):
+    """The ``x`` and ``y`` arrays of the feedback .npz at ``uri`` (a path, file:// or s3://).
+
+    The operator exports it to S3 when this flow runs in a pod (the pod cannot read the
+    operator's disk); boto3 reaches the same endpoint as Metaflow's datastore
+    (METAFLOW_S3_ENDPOINT_URL, else boto3's own AWS_ENDPOINT_URL) with the AWS_* credentials.
+    """
+    import io
+    import os
+    from urllib.parse import unquote, urlparse
+
+    import numpy as np
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        import boto3
+        from botocore.config import Config
+
+        endpoint = os.environ.get("METAFLOW_S3_ENDPOINT_URL") or None
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"})
+        )
+        body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+        source = io.BytesIO(body.read())
+    elif parsed.scheme in ("", "file"):
+        source = unquote(parsed.path) if parsed.scheme else uri
+    else:
+        raise ValueError(f"feedback_uri must be a path, file:// or s3:// URI: {uri}")
+    with np.load(source) as data:
+        return data["x"], np.asarray(data["y"]).astype(np.int64)
 
 
 def _source_commit() -> str:
