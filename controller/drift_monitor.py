@@ -170,7 +170,7 @@ class DriftMonitor:
         if export:
             try:
                 target = feedback.export_uri(
-                    backend=(exp.get("spec") or {}).get("backend", "local"),
+                    backend=settings.training_backend(exp.get("spec") or {}),
                     s3_root=settings.datastore_s3_root, state_dir=settings.state_dir,
                     namespace=meta["namespace"], deployment=meta["name"], episode=episode)
                 count = await asyncio.to_thread(feedback.export_labelled,

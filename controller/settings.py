@@ -103,6 +103,10 @@ class Settings:
                              f"{', '.join(TRAINING_BACKENDS)}, not "
                              f"{self.default_training_backend!r}")
 
+    def training_backend(self, spec: dict[str, Any]) -> str:
+        """An Experiment's backend: its own, or this operator's default."""
+        return spec.get("backend") or self.default_training_backend
+
     @property
     def datastore_root(self) -> Path:
         return self.state_dir / "metaflow"

@@ -117,7 +117,7 @@ class ExperimentReconciler:
 
     def _backend(self, spec: dict[str, Any]) -> str:
         """The spec's backend, or this operator's default (``TRELLIS_DEFAULT_TRAINING_BACKEND``)."""
-        return spec.get("backend") or self.ctx.settings.default_training_backend
+        return self.ctx.settings.training_backend(spec)
 
     def _backend_allowed(self, spec: dict[str, Any]) -> Preflight | None:
         """A refusal when this operator may not train in its own process."""
