@@ -17,13 +17,13 @@ which run them in a thread.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from controller.serving.router_config import write_atomic
 
 # S3 error codes that describe a moment, not the request: the same call may succeed later.
 _TRANSIENT_CODES = frozenset({
@@ -115,7 +115,7 @@ class ObjectStore:
         loc = parse(uri)
         if loc.scheme == "file":
             try:
-                _replace_file(Path(loc.path), data)
+                write_atomic(Path(loc.path), data)
             except OSError as exc:
                 raise ObjectStoreError(str(exc)) from exc
             return
@@ -180,15 +180,3 @@ class ObjectStore:
             return response["Body"].read()
         except BotoCoreError as exc:  # the connection broke mid-body
             raise ObjectStoreError(f"S3 read failed: {exc}", transient=True) from exc
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
