@@ -170,8 +170,11 @@ class Kube:
             raise
 
     async def list(self, res: Resource, namespace: str | None = None,
-                   label_selector: str | None = None) -> list[dict]:
+                   label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[dict]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         result = await self.request("GET", res.path(namespace), query=query)
         return list(result.get("items", []))
 

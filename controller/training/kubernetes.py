@@ -14,14 +14,19 @@ look), and the outcome from the finished pod.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller import api, quantities, schema
+from kubernetes.client.exceptions import ApiException
+
+from controller import api, conditions, quantities, schema
 from controller.children import LABEL_JOB_NAME, Children
-from controller.kube import JOBS, PODS, Kube, owner_reference
+from controller.kube import EVENTS, JOBS, PODS, Kube, owner_reference
 from controller.settings import Settings
 from controller.training import podstate
 from controller.training.decide import RunKey
@@ -40,6 +45,12 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem
 # What the source clone needs: it is small, and runs before the flow.
 CLONE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
                    "limits": {"memory": "512Mi"}}
+# A started Job with no pod after this long is asked about (its Events), then again after
+# twice as long, up to the cap: one request per troubled Job, never one per healthy Job.
+REFUSAL_CHECK_S = 10.0
+REFUSAL_CHECK_MAX_S = 600.0
+
+log = logging.getLogger("trellis.training")
 
 
 def job_name(experiment: str, key: RunKey, attempt: int) -> str:
@@ -227,6 +238,8 @@ class KubernetesTrainingBackend:
         self.kube = kube
         self.settings = settings
         self.children = children or Children(kube)  # no watches: read by GET
+        # Job uid -> (next look at its Events, interval, what the last look found)
+        self._refusals: dict[str, tuple[float, float, podstate.Blocked | None]] = {}
 
     async def launch(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The Job, and whether it already existed (created before a restart or by a
@@ -244,10 +257,14 @@ class KubernetesTrainingBackend:
     async def observe(self, namespace: str, name: str) -> JobObservation:
         job = await self.children.get(JOBS, namespace, name)
         state, message = job_state(job.obj)
+        uid = ((job.obj or {}).get("metadata") or {}).get("uid", "")
         if state == "running":
-            return JobObservation(state, message,
-                                  podstate.blocked(await self.children.pods_of_job(namespace,
-                                                                                   job)))
+            pods = await self.children.pods_of_job(namespace, job)
+            if pods:
+                self._refusals.pop(uid, None)
+                return JobObservation(state, message, podstate.blocked(pods))
+            return JobObservation(state, message, await self._refused(namespace, job.obj))
+        self._refusals.pop(uid, None)
         if state == "lost":
             return JobObservation(state, message)
         # Listed, not cached: the Pods' watch may not have delivered their final status
@@ -268,6 +285,32 @@ class KubernetesTrainingBackend:
         detail = podstate.failure_detail(pods)
         return JobObservation(state, f"{message}: {detail}" if detail else message,
                               result=result)
+
+    async def _refused(self, namespace: str, job: dict[str, Any]) -> podstate.Blocked | None:
+        """Why a started Job has no pod, from its Events, looked at with a backoff."""
+        started = conditions.parse_time((job.get("status") or {}).get("startTime"))
+        if started is None or (dt.datetime.now(dt.UTC) - started).total_seconds() \
+                < REFUSAL_CHECK_S:
+            return None  # not started by the Job controller yet, or just now
+        uid, now = job["metadata"].get("uid", ""), time.monotonic()
+        next_at, interval, found = self._refusals.get(uid, (now, REFUSAL_CHECK_S / 2, None))
+        if now < next_at:
+            return found
+        name = job["metadata"]["name"]
+        try:
+            events = await self.kube.list(
+                EVENTS, namespace,
+                field_selector=f"involvedObject.kind=Job,involvedObject.name={name}")
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            log.warning("cannot list Events in %s to explain Job %s without pods (%s): "
+                        "manifests/rbac.yaml grants it", namespace, name, exc.reason)
+            events = []
+        found = podstate.creation_refused(job, events)
+        interval = min(interval * 2, REFUSAL_CHECK_MAX_S)
+        self._refusals[uid] = (now + interval, interval, found)
+        return found
 
     async def delete(self, namespace: str, name: str) -> bool:
         """Delete the run's Job and, in the background, its pod (SIGTERM, then the grace

@@ -63,6 +63,23 @@ def _pod_blocked(pod: dict[str, Any]) -> Blocked | None:
     return None
 
 
+def creation_refused(job: dict[str, Any], events: list[dict[str, Any]]) -> Blocked | None:
+    """The Job controller's last word on why it could not create the Job's pod (Pod
+    Security admission, a quota, a missing ServiceAccount), from its ``FailedCreate``
+    Events: the Job itself stays "active" with no pod and says nothing."""
+    uid = job["metadata"].get("uid")
+    refused = [e for e in events if e.get("reason") == "FailedCreate"
+               and (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+    if not refused:
+        return None
+    last = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
+               or (e.get("metadata") or {}).get("creationTimestamp") or "")
+    count = int(last.get("count") or 1)
+    said = (last.get("message") or "the Job controller could not create its pod").strip()
+    return Blocked("FailedCreate", f"Job {job['metadata']['name']}: {said}"
+                   + (f" ({count} attempts)" if count > 1 else ""))
+
+
 def failure_detail(pods: list[dict[str, Any]]) -> str:
     """What the failed pods' containers said when they ended (exit code, reason, message)."""
     parts = []

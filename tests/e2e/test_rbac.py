@@ -4,7 +4,8 @@ The ServiceAccount, ClusterRole and binding come from ``kubectl kustomize manife
 operator (``python -m controller --peering trellis``, cluster-wide, as the Deployment runs
 it) authenticates with a TokenRequest token, never as admin. One scenario uses every
 permission: a SpecRepository syncing a bare git repository (apply, prune, webhook), an
-Experiment with ``backend: kubernetes`` (a Job, whose unschedulable pod it names), a
+Experiment with ``backend: kubernetes`` (a Job, whose unschedulable pod it names; another
+whose pod the Job controller could not create, explained by its Events), a
 ModelDeployment with ``backend: seldon`` and ``spec.auth`` (a Secret read, a
 SeldonDeployment), a deleted ModelDeployment (its SeldonDeployment torn down, its finalizer
 released), status writes, Events, and kopf's peering keep-alive; the Jobs, Pods and
@@ -154,6 +155,7 @@ def objects(ns: str, repo_url: str) -> list[dict[str, Any]]:
     owner = {"app.kubernetes.io/managed-by": "trellis", "mlops.trellis.dev/specrepository": "farm",
              "mlops.trellis.dev/specrepository-namespace": ns}
     exp = yaml.safe_load(experiment("train", ns, gpu=0, backend="kubernetes"))
+    refused = yaml.safe_load(experiment("refused", ns, gpu=0, backend="kubernetes"))
     registered = yaml.safe_load(experiment("registered", ns, gpu=0, backend="kubernetes"))
     return [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "farm-secret", "namespace": ns},
@@ -183,6 +185,7 @@ def objects(ns: str, repo_url: str) -> list[dict[str, Any]]:
                       "labels": {"app.kubernetes.io/managed-by": "trellis"}},
          "spec": {"name": "leaving", "predictors": []}},
         exp,
+        refused,
         registered,
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
          "metadata": {"name": "classifier", "namespace": ns},
@@ -210,6 +213,7 @@ class Scenario:
     pod_id: str
     webhook_status: int | None = None
     pod_created: bool = False
+    refusal_posted: bool = False
 
     def custom(self, plural: str, name: str) -> dict[str, Any] | None:
         return get_custom(self.e.api, GROUP, VERSION, plural, name, self.ns)
@@ -279,6 +283,32 @@ class Scenario:
         return None if progress.get("blockedReason") == "Unschedulable" else \
             f"progress: {progress}"
 
+    def refused_training_pod_named(self) -> str | None:
+        """The Job controller cannot create the Job's pod, and the Experiment says why
+        (reading the Job's Events). The test plays the Job controller: it starts the Job
+        (``status.startTime``) and posts the FailedCreate Event it would, as an admin."""
+        exp = self.custom("experiments", "refused") or {}
+        job = ((exp.get("status") or {}).get("currentRun") or {}).get("job")
+        if not job:
+            return "no Job recorded yet"
+        if not self.refusal_posted:
+            batch, core = k8s.BatchV1Api(self.e.api), k8s.CoreV1Api(self.e.api)
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+            uid = batch.read_namespaced_job(job, self.ns).metadata.uid
+            core.create_namespaced_event(self.ns, {
+                "metadata": {"generateName": f"{job}."}, "type": "Warning",
+                "reason": "FailedCreate", "count": 3, "lastTimestamp": started,
+                "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": job,
+                                   "namespace": self.ns, "uid": uid},
+                "source": {"component": "job-controller"},
+                "message": f'Error creating: pods "{job}-x1" is forbidden: exceeded quota: '
+                           "pods, requested: pods=1, used: pods=0, limited: pods=0"})
+            batch.patch_namespaced_job_status(job, self.ns, {"status": {"startTime": started}})
+            self.refusal_posted = True
+        progress = (exp.get("status") or {}).get("progress") or {}
+        return None if progress.get("blockedReason") == "FailedCreate" else \
+            f"progress: {progress}"
+
     def seldondeployment_rendered(self) -> str | None:
         sdep = get_custom(self.e.api, "machinelearning.seldon.io", "v1", "seldondeployments",
                           "classifier", self.ns)
@@ -321,6 +351,7 @@ CHECKS: list[Callable[[Scenario], str | None]] = [
     Scenario.specrepository_synced, Scenario.spec_applied_from_git, Scenario.stale_spec_pruned,
     Scenario.deleted_deployment_released, Scenario.deleted_deployment_torn_down,
     Scenario.training_job_created, Scenario.stuck_training_pod_named,
+    Scenario.refused_training_pod_named,
     Scenario.seldondeployment_rendered,
     Scenario.deployment_status_written, Scenario.events_posted, Scenario.peering_keepalive,
     Scenario.webhook_accepted,

@@ -1,6 +1,7 @@
 """A training Job whose pods cannot get anywhere says why, in Kubernetes' words, on the
 Experiment — measured with real pods on the node: an image that cannot be pulled, a
-GPU no node has, a container that crash-loops.
+GPU no node has, a container that crash-loops, and a pod Pod Security admission refuses
+(the Job controller's FailedCreate Event: no pod to read).
 
 Image pulls go to ``localhost:1`` (refused at once): no test traffic leaves the machine.
 """
@@ -43,7 +44,11 @@ CASES = {
     "crash": (_job("crashes", {"image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"},
                    restart="OnFailure", backoff=6),
               {"CrashLoopBackOff"}, "exit code 3"),
+    # in a namespace enforcing the restricted profile: the pod is never created
+    "podsecurity": (_job("refused", {"image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}),
+                    {"FailedCreate"}, 'violates PodSecurity "restricted:latest"'),
 }
+ENFORCE_RESTRICTED = {"podsecurity"}
 
 
 @pytest.fixture
@@ -58,6 +63,9 @@ def test_backend_names_why_a_jobs_pods_are_stuck(node_cluster: Cluster, kube: Ku
                                                  case: str) -> None:
     job, reasons, words = CASES[case]
     ns = node_cluster.create_namespace(f"stuck-{case}")
+    if case in ENFORCE_RESTRICTED:
+        node_cluster.kubectl("label", "namespace", ns,
+                             "pod-security.kubernetes.io/enforce=restricted")
     wait_for(lambda: node_cluster.get("serviceaccount", "default", ns), what="default SA")
     node_cluster.apply(job, ns)
     backend = KubernetesTrainingBackend(kube, Settings())

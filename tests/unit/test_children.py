@@ -67,7 +67,7 @@ class FakeKube:
         self.calls.append(("get", res.plural))
         return self.objects.get((res.plural, name))
 
-    async def list(self, res, namespace=None, label_selector=None):
+    async def list(self, res, namespace=None, label_selector=None, field_selector=None):
         self.calls.append(("list", res.plural))
         return [o for (plural, _), o in self.objects.items() if plural == res.plural]
 
@@ -330,3 +330,47 @@ def test_a_child_event_wakes_only_its_owner_and_a_namespace_wake_only_that_names
         w.wake("Experiment", NS, "classifier")  # forgotten: nothing to wake, no error
         assert w.get("Experiment", NS, "classifier") is not mine
     asyncio.run(scenario())
+
+
+def _refused_job(started: str) -> dict[str, Any]:
+    started_job = job("j", 3)
+    started_job["status"] = {"active": 0, "startTime": started}
+    return started_job
+
+
+FAILED_CREATE = {"reason": "FailedCreate", "type": "Warning", "count": 4,
+                 "involvedObject": {"kind": "Job", "name": "j", "uid": "u-j"},
+                 "lastTimestamp": "2026-11-30T00:00:09Z",
+                 "message": 'Error creating: pods "j-x" is forbidden: violates PodSecurity '
+                            '"restricted:latest": hostPath volumes (volume "host-0")'}
+
+
+def test_a_started_job_without_pods_is_explained_by_its_events_with_a_backoff() -> None:
+    """The Job controller's FailedCreate (Pod Security, a quota) is all Kubernetes says:
+    the Job stays active with no pod. Its Events are asked once, then not again until
+    the backoff has passed — a request per troubled Job, none for a healthy one."""
+    kube = FakeKube({("events", "e1"): FAILED_CREATE})
+    cache = Children(kube, indices(Index().add(children.job_entry(
+        _refused_job("2026-11-30T00:00:00Z"))), Index()))
+    backend = KubernetesTrainingBackend(kube, Settings(), cache)
+    seen = asyncio.run(backend.observe(NS, "j"))
+    assert seen.state == "running" and seen.blocked.reason == "FailedCreate"
+    assert 'violates PodSecurity "restricted:latest"' in seen.blocked.message
+    assert "(4 attempts)" in seen.blocked.message
+    again = asyncio.run(backend.observe(NS, "j"))
+    assert again.blocked == seen.blocked  # remembered, not asked again
+    assert kube.calls == [("list", "events")]
+
+
+def test_a_job_just_started_or_not_started_asks_nothing() -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for status in ({"active": 0, "startTime": now}, {"active": 0}):
+        fresh = job("j", 3)
+        fresh["status"] = status
+        kube = FakeKube({("events", "e1"): FAILED_CREATE})
+        cache = Children(kube, indices(Index().add(children.job_entry(fresh)), Index()))
+        seen = asyncio.run(KubernetesTrainingBackend(kube, Settings(), cache).observe(NS, "j"))
+        assert seen.state == "running" and seen.blocked is None
+        assert kube.calls == []

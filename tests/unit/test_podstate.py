@@ -61,3 +61,19 @@ def test_failure_detail_lists_nonzero_exits() -> None:
                                                   "message": "boom"}}},
         {"name": "side", "state": {"terminated": {"exitCode": 0}}}])]
     assert podstate.failure_detail(pods) == "pod p, container flow: exit code 1 (Error): boom"
+
+
+def _event(uid: str, at: str, message: str, reason: str = "FailedCreate") -> dict:
+    return {"reason": reason, "message": message, "lastTimestamp": at,
+            "involvedObject": {"kind": "Job", "name": "j", "uid": uid}}
+
+
+def test_creation_refused_says_the_job_controllers_latest_word() -> None:
+    job = {"metadata": {"name": "j", "uid": "u1"}}
+    events = [_event("u1", "2026-01-01T00:00:01Z", "exceeded quota: pods=0"),
+              _event("u1", "2026-01-01T00:00:05Z", "violates PodSecurity"),
+              _event("u0", "2026-01-01T00:00:09Z", "an older Job of the same name"),
+              _event("u1", "2026-01-01T00:00:09Z", "Created pod: j-x", "SuccessfulCreate")]
+    found = podstate.creation_refused(job, events)
+    assert found == podstate.Blocked("FailedCreate", "Job j: violates PodSecurity")
+    assert podstate.creation_refused(job, events[2:]) is None
