@@ -38,6 +38,9 @@ ANN_SOURCE_PATH: Final = f"{PREFIX}/source-path"
 ANN_SOURCE_COMMIT: Final = f"{PREFIX}/source-commit"
 ANN_SOURCE_URL: Final = f"{PREFIX}/source-url"
 ANN_SOURCE_CHECKOUT: Final = f"{PREFIX}/source-checkout"
+# On Experiments: "<namespace>/<name>" of the SpecRepository's credentials Secret, which
+# the training Job's clone mounts; "" when the repository has none.
+ANN_SOURCE_SECRET: Final = f"{PREFIX}/source-secret"
 # Digest of the flow's Python code at the source commit (changes when the code does).
 ANN_FLOW_REVISION: Final = f"{PREFIX}/flow-revision"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -80,6 +83,7 @@ class Reason:
     INVALID_PARAMETERS: Final = "InvalidParameters"
     INVALID_RESOURCES: Final = "InvalidResources"
     LOCAL_TRAINING_DISABLED: Final = "LocalTrainingDisabled"
+    SOURCE_SECRET_ELSEWHERE: Final = "SourceSecretInOtherNamespace"
     RETRAIN_REQUESTED: Final = "RetrainRequested"
     # ModelDeployment
     MODEL_NOT_READY: Final = "ModelNotReady"

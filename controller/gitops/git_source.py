@@ -47,6 +47,21 @@ case "$1" in
 esac
 """
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+# The keys of a SpecRepository's ``spec.secretRef`` Secret (Flux's names). The operator's
+# fetch reads them here, and the training pod's clone (``controller.training.clone``)
+# reads the same keys as files: one list, so a Secret that works for one works for both.
+KEY_USERNAME = "username"
+KEY_PASSWORD = "password"
+KEY_TOKEN = "token"  # a password under another name (username "git" when none is given)
+KEY_IDENTITY = "identity"  # an ssh private key
+KEY_KNOWN_HOSTS = "known_hosts"  # required with an identity: unknown host keys are refused
+DEFAULT_USERNAME = "git"
+# What every git run gets: no prompts (nobody answers them), and a stalled transfer
+# fails instead of hanging until the time limit.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+           "GIT_HTTP_LOW_SPEED_TIME": "30"}
+NO_KNOWN_HOSTS = ("the secret has an ssh identity but no known_hosts: refusing to trust an "
+                  "unknown host key")
 
 
 class FetchError(Exception):
@@ -71,10 +86,10 @@ class Credentials:
             value = data.get(key)
             return value.decode().strip() if value else None
 
-        password = text("password") or text("token")
-        username = text("username") or ("git" if password else None)
-        return cls(username=username, password=password, identity=data.get("identity"),
-                   known_hosts=data.get("known_hosts"))
+        password = text(KEY_PASSWORD) or text(KEY_TOKEN)
+        username = text(KEY_USERNAME) or (DEFAULT_USERNAME if password else None)
+        return cls(username=username, password=password, identity=data.get(KEY_IDENTITY),
+                   known_hosts=data.get(KEY_KNOWN_HOSTS))
 
     def secrets(self) -> list[str]:
         return [s for s in (self.password,) if s]
@@ -164,9 +179,18 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C",
-                "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "30"})
+    env.update({**GIT_ENV, "LC_ALL": "C"})
     return env
+
+
+def ssh_command(identity: str | None = None, known_hosts: str | None = None) -> str:
+    """``GIT_SSH_COMMAND``: never a prompt; with an identity, only that key and only the
+    host keys in ``known_hosts`` (an unknown or changed host key fails the fetch)."""
+    if identity is None:
+        return "ssh -o BatchMode=yes -o ConnectTimeout=30"
+    return (f"ssh -i {shlex.quote(identity)} -o IdentitiesOnly=yes -o BatchMode=yes "
+            f"-o UserKnownHostsFile={shlex.quote(known_hosts or '/dev/null')} "
+            "-o StrictHostKeyChecking=yes -o ConnectTimeout=30")
 
 
 def _askpass_script(cache: Path) -> Path:
@@ -187,15 +211,14 @@ def _credential_env(cache: Path, creds: Credentials) -> Iterator[dict[str, str]]
     env = _base_env()
     if creds.password:
         env["GIT_ASKPASS"] = str(_askpass_script(cache))
-        env["TRELLIS_GIT_USERNAME"] = creds.username or "git"
+        env["TRELLIS_GIT_USERNAME"] = creds.username or DEFAULT_USERNAME
         env["TRELLIS_GIT_PASSWORD"] = creds.password
     if not creds.identity:
-        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes -o ConnectTimeout=30"
+        env["GIT_SSH_COMMAND"] = ssh_command()
         yield env
         return
     if not creds.known_hosts:
-        raise FetchError("the secret has an ssh identity but no known_hosts: refusing to "
-                         "trust an unknown host key")
+        raise FetchError(NO_KNOWN_HOSTS)
     keydir = Path(tempfile.mkdtemp(prefix="trellis-ssh-"))
     try:
         key, hosts = keydir / "identity", keydir / "known_hosts"
@@ -203,10 +226,7 @@ def _credential_env(cache: Path, creds: Credentials) -> Iterator[dict[str, str]]
         key.write_bytes(creds.identity if creds.identity.endswith(b"\n")
                         else creds.identity + b"\n")
         hosts.write_bytes(creds.known_hosts)
-        env["GIT_SSH_COMMAND"] = (
-            f"ssh -i {shlex.quote(str(key))} -o IdentitiesOnly=yes -o BatchMode=yes "
-            f"-o UserKnownHostsFile={shlex.quote(str(hosts))} -o StrictHostKeyChecking=yes "
-            "-o ConnectTimeout=30")
+        env["GIT_SSH_COMMAND"] = ssh_command(str(key), str(hosts))
         yield env
     finally:
         shutil.rmtree(keydir, ignore_errors=True)

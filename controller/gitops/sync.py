@@ -37,6 +37,7 @@ class Source:
     commit: str
     checkout: str | None = None  # export of the commit, for Experiments
     flow_revisions: Mapping[str, str] = field(default_factory=dict)  # flow file -> digest
+    secret: str | None = None  # the SpecRepository's spec.secretRef name (git credentials)
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -66,6 +67,11 @@ def desired_object(doc: Document, source: Source) -> dict[str, Any]:
     if obj.get("kind") == api.EXPERIMENT.kind:
         if source.checkout:
             annotations[api.ANN_SOURCE_CHECKOUT] = source.checkout
+        # Always there, empty without credentials: a secretRef removed from the
+        # SpecRepository changes the annotation, so the Experiment is rewritten and its
+        # next Job stops mounting a Secret that may be gone.
+        annotations[api.ANN_SOURCE_SECRET] = (f"{source.namespace}/{source.secret}"
+                                              if source.secret else "")
         flow_file = ((obj.get("spec") or {}).get("flow") or {}).get("file")
         if flow_file in source.flow_revisions:
             annotations[api.ANN_FLOW_REVISION] = source.flow_revisions[flow_file]

@@ -24,11 +24,11 @@ from controller.context import Context
 from controller.kube import EXPERIMENTS, JOBS
 from controller.loop import Event, Outcome
 from controller.metrics import Count
-from controller.training import decide
+from controller.training import clone, decide
 from controller.training.decide import Backoff, Idle, Launch, Observe, RunKey
 from controller.training.kubernetes import KubernetesTrainingBackend, render_job
 from controller.training.local import LocalTrainingBackend, RunRef, RunRequest
-from controller.training.preflight import Preflight, preflight
+from controller.training.preflight import Preflight, cluster_source, preflight
 
 log = logging.getLogger("trellis.experiments")
 # How often a local run's files are read (a process, no API object to watch). A Job is
@@ -64,8 +64,9 @@ class ExperimentReconciler:
         action = decide.next_action(spec, status, gen, now, revision)
         if isinstance(action, Launch):
             probe = {**obj, "status": status}  # the retrain adopted in this pass included
-            check = self._backend_allowed(spec) or await asyncio.to_thread(
-                preflight, obj, self._source_root(obj), self._extra_parameters(probe, action.key))
+            check = (self._backend_allowed(spec) or self._cluster_source(obj)
+                     or await asyncio.to_thread(preflight, obj, self._source_root(obj),
+                                                self._extra_parameters(probe, action.key)))
             if check.problem:
                 return self._stalled(status, gen, check)
             status["currentRun"] = self._new_run(obj, action, check)
@@ -127,6 +128,10 @@ class ExperimentReconciler:
                 "does not allow (TRELLIS_ALLOW_LOCAL_TRAINING=false); set "
                 "spec.backend: kubernetes", api.Reason.LOCAL_TRAINING_DISABLED)
         return None
+
+    def _cluster_source(self, obj: dict[str, Any]) -> Preflight | None:
+        """A refusal when a ``kubernetes`` run's pod could not clone its source."""
+        return cluster_source(obj) if self._backend(obj["spec"]) == "kubernetes" else None
 
     # --------------------------------------------------------------- running
     def _new_run(self, obj: dict[str, Any], action: Launch, check: Preflight) -> dict[str, Any]:
@@ -223,7 +228,8 @@ class ExperimentReconciler:
                              parameters={**(spec.get("parameters") or {}),
                                          **self._extra_parameters(obj, key)},
                              tags=self._tags(obj, current), commit=current.get("commit"),
-                             source_url=ann.get(api.ANN_SOURCE_URL))
+                             source_url=ann.get(api.ANN_SOURCE_URL),
+                             source_secret=clone.pod_secret(obj))
             created, adopted = await self.cluster.launch(job)
             status["currentRun"] = {**current, "launched": True,
                                     "job": created["metadata"]["name"]}

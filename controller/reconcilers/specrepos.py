@@ -159,7 +159,8 @@ class SpecRepositoryReconciler:
         if any(d.kind == api.EXPERIMENT.kind for d in docs):
             checkout = str(await asyncio.to_thread(git_source.checkout_for, self.ctx.settings,
                                                    ns, name, sha))
-        source = sync.Source(ns, name, url, sha, checkout, revisions)
+        source = sync.Source(ns, name, url, sha, checkout, revisions,
+                             secret=(spec.get("secretRef") or {}).get("name"))
         return await self._apply(docs, source, spec, prev, gen)
 
     async def _apply(self, docs: list[Document], source: sync.Source, spec: dict[str, Any],

@@ -28,10 +28,10 @@ from controller import api, conditions, quantities, schema
 from controller.children import LABEL_JOB_NAME, Children
 from controller.kube import EVENTS, JOBS, PODS, Kube, owner_reference
 from controller.settings import Settings
-from controller.training import podstate
+from controller.training import clone, podstate
 from controller.training.decide import RunKey
 
-SOURCE_DIR = "/workspace/src"
+SOURCE_DIR = clone.SOURCE_DIR
 WORK_DIR = "/work"  # the pod's writable scratch (an emptyDir): HOME, TMPDIR, Metaflow's
 CONTAINER = "flow"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -42,9 +42,6 @@ POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TR
                 "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                       "capabilities": {"drop": ["ALL"]}}
-# What the source clone needs: it is small, and runs before the flow.
-CLONE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
-                   "limits": {"memory": "512Mi"}}
 # A started Job with no pod after this long is asked about (its Events), then again after
 # twice as long, up to the cap: one request per troubled Job, never one per healthy Job.
 REFUSAL_CHECK_S = 10.0
@@ -126,7 +123,11 @@ def _scheduling(settings: Settings) -> dict[str, Any]:
 
 def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Settings, *,
                parameters: dict[str, Any], tags: dict[str, str], commit: str | None,
-               source_url: str | None) -> dict[str, Any]:
+               source_url: str | None, source_secret: str | None = None) -> dict[str, Any]:
+    """The Job for one attempt of a run. With ``source_url``, an init container fetches
+    ``commit`` of it (``controller.training.clone``) with the credentials of Secret
+    ``source_secret`` (the SpecRepository's, in the Experiment's namespace), which only
+    that container mounts; without, the flow comes from the image (``/app``)."""
     meta, spec = exp["metadata"], exp["spec"]
     name = job_name(meta["name"], key, attempt)
     resources = container_resources(spec.get("resources"))
@@ -174,23 +175,11 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
     }
     if source_url:
         # Train exactly the merged code: the commit the spec came from.
-        mounts.append({"name": "source", "mountPath": "/workspace"})
-        volumes.append({"name": "source", "emptyDir": {}})
-        pod_spec["initContainers"] = [{
-            "name": "source",
-            "image": settings.trainer_image,
-            "command": ["sh", "-c", 'git clone --quiet "$REPO" "$DIR" && '
-                        'git -C "$DIR" checkout --quiet "$COMMIT"'],
-            "env": [{"name": "REPO", "value": source_url},
-                    {"name": "DIR", "value": SOURCE_DIR},
-                    {"name": "COMMIT", "value": commit or "HEAD"},
-                    {"name": "HOME", "value": WORK_DIR}],
-            "resources": CLONE_RESOURCES,
-            "securityContext": CONTAINER_SECURITY,
-            "volumeMounts": [{"name": "source", "mountPath": "/workspace"},
-                             {"name": "work", "mountPath": WORK_DIR}],
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }]
+        mounts.append({"name": "source", "mountPath": clone.SOURCE_MOUNT})
+        volumes.extend(clone.volumes(source_secret))
+        pod_spec["initContainers"] = [clone.init_container(
+            settings.trainer_image, source_url, commit, WORK_DIR, source_secret,
+            CONTAINER_SECURITY)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

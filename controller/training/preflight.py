@@ -5,6 +5,9 @@ with a compatible type.
 
 A problem here is a spec problem (Stalled until the spec or the code changes), so it is
 reported as a condition and never retried on a timer.
+
+``cluster_source`` is the check of a ``kubernetes`` run alone: its pod clones the code
+with the SpecRepository's Secret, which must be in the Experiment's namespace.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import api, schema
-from controller.training import flowinspect
+from controller.training import clone, flowinspect
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,13 @@ def preflight(exp: dict[str, Any], root: Path, extra: dict[str, Any]) -> Preflig
     if problems:
         return Preflight("; ".join(problems), api.Reason.INVALID_PARAMETERS)
     return Preflight(commit=_commit(exp, root))
+
+
+def cluster_source(exp: dict[str, Any]) -> Preflight | None:
+    """A refusal when the training pod could not mount the git credentials its clone
+    needs (a Secret in another namespace), instead of a Job whose pod never starts."""
+    problem = clone.secret_problem(exp)
+    return Preflight(problem, api.Reason.SOURCE_SECRET_ELSEWHERE) if problem else None
 
 
 def _commit(exp: dict[str, Any], root: Path) -> str | None:

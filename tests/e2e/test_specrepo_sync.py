@@ -106,6 +106,7 @@ def test_push_is_applied_within_an_interval_and_deleted_files_are_pruned(
     assert ann["mlops.trellis.dev/source-path"] == "specs/experiment.yaml"
     assert ann["mlops.trellis.dev/source-repository"] == f"{namespace}/farm"
     assert ann["mlops.trellis.dev/source-url"] == str(farm.remote)
+    assert ann["mlops.trellis.dev/source-secret"] == ""  # no secretRef: a Job clones without
     assert len(ann["mlops.trellis.dev/flow-revision"]) == 16
     checkout = Path(ann["mlops.trellis.dev/source-checkout"])
     assert checkout.name == c0
@@ -231,6 +232,9 @@ def test_webhook_and_annotation_sync_at_once(
                    "stringData": {"webhook-secret": secret.decode()}}, namespace)
     cluster.apply(specrepo(farm, interval="1h", secretRef={"name": "farm-git"}), namespace)
     synced(cluster, namespace, farm.head())
+    exp = cluster.get("experiment", "classifier", namespace)
+    assert exp["metadata"]["annotations"]["mlops.trellis.dev/source-secret"] == \
+        f"{namespace}/farm-git"  # where its training Job's clone finds the credentials
 
     farm.write("specs/experiment.yaml", experiment(namespace=None, gpu=0, lr=0.003,
                                                    backend="kubernetes"))

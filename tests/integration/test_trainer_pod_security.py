@@ -36,7 +36,8 @@ def _restricted(cluster: Cluster, namespace: str) -> str:
 def _pod(settings: Settings, namespace: str) -> dict:
     job = render_job({**EXP, "metadata": {**EXP["metadata"], "namespace": namespace}},
                      RunKey(1), 1, settings, parameters={"epochs": 1}, tags={"k": "v"},
-                     commit="abc", source_url="https://git.example/farm.git")
+                     commit="abc", source_url="https://git.example/farm.git",
+                     source_secret="farm-git")  # its clone's credentials: a secret volume
     template = job["spec"]["template"]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "trainer", "namespace": namespace,

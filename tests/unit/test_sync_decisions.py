@@ -45,8 +45,23 @@ def test_desired_object_carries_its_source() -> None:
             "mlops.trellis.dev/source-commit": "c" * 40,
             "mlops.trellis.dev/source-checkout": SOURCE.checkout,
             "mlops.trellis.dev/flow-revision": "0123456789abcdef",
+            "mlops.trellis.dev/source-secret": "",  # the SpecRepository has no secretRef
         }}
     assert "status" not in obj
+
+
+def test_an_experiment_names_its_repositorys_credentials_secret() -> None:
+    """Where the training Job's clone finds its git credentials; dropping the secretRef
+    changes the annotation, so the Experiment is rewritten without it."""
+    with_secret = sync.Source(**{**SOURCE.__dict__, "secret": "farm-git"})
+    exp = sync.desired_object(doc("Experiment", "e", namespace="other"), with_secret)
+    assert exp["metadata"]["annotations"][api.ANN_SOURCE_SECRET] == "farm-ns/farm-git"
+    mdep = sync.desired_object(doc("ModelDeployment", "d"), with_secret)
+    assert api.ANN_SOURCE_SECRET not in mdep["metadata"]["annotations"]
+    before = live(exp, **OWNER)
+    assert not sync.drifted(exp, before)
+    assert sync.drifted(sync.desired_object(doc("Experiment", "e", namespace="other"), SOURCE),
+                        before)
 
 
 def test_only_experiments_get_the_checkout_and_namespaces_in_git_win() -> None:
