@@ -21,11 +21,12 @@ ModelDeployment's RequestLogging condition, as the local router does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ RESPONSE = "io.seldon.serving.inference.response"
 FEEDBACK = "io.seldon.serving.feedback"
 MAX_PENDING = 4096  # half-pairs kept while their other half is in flight
 MAX_BODY = 8 * 1024 * 1024
+FLUSH_CHECK_S = 0.5  # how often buffered rows are checked for their flush deadline
 UNLOGGED_PUIDS = 10_000  # per deployment: puids dropped while full (their feedback too)
 
 # Told of each record a full log drops: (namespace, name, kind) -> None.
@@ -76,7 +78,28 @@ class Receiver:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/", self.event)
         app.router.add_post("/feedback/{namespace}/{name}", self.feedback)
+        app.cleanup_ctx.append(self._flushing)
         return app
+
+    async def _flushing(self, _app: web.Application) -> AsyncIterator[None]:
+        """Flush each log's buffered rows once they have waited their ``flush_seconds``:
+        a trickle of traffic that never fills a chunk still reaches the drift monitor."""
+        task = asyncio.create_task(self._flush_loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_CHECK_S)
+            with self._logs_lock:
+                logs = list(self.logs.values())
+            for rl in logs:
+                try:
+                    await asyncio.to_thread(rl.flush_if_due)
+                except Exception:  # the loop must outlive one log's bad moment
+                    log.exception("request log flush failed")
 
     def log_for(self, namespace: str, name: str) -> RequestLog:
         """One writer per log: two writers on a directory would reuse chunk numbers."""

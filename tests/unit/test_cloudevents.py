@@ -131,3 +131,22 @@ def test_log_state_of_a_deployment_never_heard_from(tmp_path: Path) -> None:
     state = receiver.log_state("farm", "quiet")
     assert not state.full and (state.used_bytes, state.max_bytes) == (0, 5_000_000)
     receiver.forget("farm", "quiet")  # nothing open: nothing to close
+
+
+def test_a_trickle_reaches_the_drift_monitor_without_filling_a_chunk(tmp_path: Path) -> None:
+    """One logged prediction stays buffered only until its flush deadline, not until 64
+    rows have come: the receiver flushes due buffers while it runs."""
+    async def wait_visible(client):
+        reader = RequestLogReader(tmp_path / "farm" / "classifier")
+        for _ in range(100):
+            if len(reader.recent_features(10)[0]):
+                return len(reader.recent_features(10)[0])
+            await asyncio.sleep(0.1)
+        return 0
+
+    results = run(tmp_path, [
+        post("/", {"data": {"ndarray": IMAGES}}, headers(REQUEST, "r1")),
+        post("/", RESPONSE_BODY, headers(RESPONSE, "r1")),
+        wait_visible,
+    ])
+    assert results[-1] == 2, results
