@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,8 @@ import pytest
 
 from controller import api
 from controller.devcluster import images
-from controller.paths import ROOT
+from controller.paths import FLOWS_DIR, ROOT
+from tests.support import seldon
 from tests.support.clusterwide import pick, render
 from tests.support.kube import Cluster, condition, wait_for
 from tests.support.specs import example
@@ -58,6 +63,7 @@ def operator_pods(node_cluster: Cluster) -> list[dict]:
                          input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
     node_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                          *[f"crd/{c['metadata']['name']}" for c in crds])
+    seldon.install_crd(node_cluster)  # Seldon's kind, for seldon-backend ModelDeployments
     # The peering object before the replicas: kopf's non-mandatory peering runs a replica
     # standalone (active) when it starts and finds no ClusterKopfPeering.
     rest = _served(node_cluster, [d for d in docs if d["kind"] != "CustomResourceDefinition"])
@@ -253,4 +259,145 @@ def test_a_gpu_the_node_lacks_is_named_and_deleting_removes_the_pods(
     wait_for(lambda: not _pods(node_cluster, ns, "wants-gpu"), timeout=120, interval=1,
              what="every pod of the run gone")
     assert node_cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.strip() == ""
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# ------------------------------------------------------------------ drift, then retrain
+ANSWERS = Path(__file__).resolve().parents[1] / "support" / "pumpkin_answers.py"
+SERVING_PYTHON = ROOT / ".venv-serving" / "bin" / "python"
+
+
+def _white_pumpkins(n: int, batch: int) -> list[tuple[list, list[int]]]:
+    """Photos of the white pumpkins the model never saw, in batches, with their truth."""
+    if str(FLOWS_DIR) not in sys.path:
+        sys.path.insert(0, str(FLOWS_DIR))
+    import pumpkin_data
+
+    data = pumpkin_data.generate(n, seed=7, variety="white")
+    keep = data.y >= 0
+    x, y = data.x[keep].round(3), data.y[keep]
+    return [(x[i:i + batch].tolist(), [int(v) for v in y[i:i + batch]])
+            for i in range(0, len(x) - batch + 1, batch)]
+
+
+def _answers(model_dir: Path, messages: list[dict]) -> list[dict]:
+    """What a model-server pod of that version answers (tests/support/pumpkin_answers.py)."""
+    done = subprocess.run([str(SERVING_PYTHON), str(ANSWERS)], input=json.dumps(messages),
+                          env={"PATH": "/usr/bin:/bin", "MODEL_URI": str(model_dir),
+                               "HOME": str(model_dir)},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _post(url: str, body: dict, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
+        node_cluster: Cluster, operator_pods: list[dict], tmp_path: Path) -> None:
+    """No Seldon Core operator runs here, so this test plays Seldon's part: it marks the
+    SeldonDeployment Available as Seldon writes it, and posts each prediction's request and
+    response — answered by the project's model class loading v1 as downloaded from S3 —
+    to the active replica's request-logger receiver as Seldon's executor does (binary
+    CloudEvents), then the truth as the ``io.seldon.serving.feedback`` event Seldon logs.
+    The rest is the product, in pods: the drift monitor detects the white pumpkins, exports
+    the labelled inputs to S3, and the Experiment retrains in a Job whose pod reads them
+    from S3 and registers v2."""
+    ns = _team_namespace(node_cluster, "drift-retrain")
+    exp = _experiment("classifier", {"cpu": "1", "memory": "2Gi", "gpu": 0}, n_samples=1500)
+    exp["spec"]["retrain"] = {"cooldownSeconds": 0, "includeFeedback": True}
+    mdep = example("ModelDeployment")
+    mdep["spec"]["backend"] = "seldon"
+    mdep["spec"]["drift"] = {"enabled": True, "test": "ks", "window": 200, "minSamples": 100,
+                             "pValue": 0.001, "action": "retrain", "cooldown": "0s"}
+    node_cluster.apply(exp, ns)
+    node_cluster.apply(mdep, ns)
+
+    def models() -> list[dict]:
+        obj = node_cluster.get("experiment", "classifier", ns) or {}
+        return (obj.get("status") or {}).get("models") or []
+
+    [v1] = wait_for(models, timeout=900, interval=2, what="v1 trained in a pod")
+    seldon.wait_predictors(node_cluster, ns, [("stable", "v1", 100)], timeout=120)
+    seldon.mark_available(node_cluster, ns)
+    wait_for(lambda: seldon.mdep_status(node_cluster, ns).get("phase") == "Serving",
+             timeout=120, interval=1, what="v1 serving")
+
+    # v1 as Seldon's storage initializer would fetch it into the model-server pod
+    s3 = _s3(node_cluster, ns)
+    prefix = v1["artifactUri"].removeprefix("s3://trellis/") + "/"
+    model_dir = tmp_path / "models" / "1"
+    model_dir.mkdir(parents=True)
+    for name in ("model.pt", "meta.json"):
+        s3.download_file("trellis", prefix + name, str(model_dir / name))
+    batches = _white_pumpkins(400, batch=10)
+    answers = _answers(model_dir, [{"data": {"ndarray": x}} for x, _ in batches])
+
+    active = [p for p in _running_pods(node_cluster) if _reconciles(p) > 0]
+    assert len(active) == 1, [p["metadata"]["name"] for p in active]
+    receiver = f"http://{active[0]['status']['podIP']}:8081/"
+
+    def log(i: int, *, truth: bool) -> int:
+        """Prediction ``i`` as Seldon's executor logs it; with its truth, the labels sent."""
+        (x, y), answer = batches[i], answers[i]
+        puid = f"white-{i}"
+        answer["meta"]["puid"] = puid
+        hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+                "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
+                "Ce-Specversion": "1.0", "Ce-Source": f"http://classifier-stable.{ns}:8000/"}
+        codes = [_post(receiver, {"data": {"ndarray": x}},
+                       {**hdrs, "Ce-Type": "io.seldon.serving.inference.request"}),
+                 _post(receiver, answer,
+                       {**hdrs, "Ce-Type": "io.seldon.serving.inference.response"})]
+        if truth:  # Seldon logs feedback under a puid of its own
+            codes.append(_post(receiver, {"request": {"data": {"ndarray": x}},
+                                          "response": answer, "truth": {"data": {"ndarray": y}}},
+                               {**hdrs, "Ce-Requestid": f"fb-{i}", "Ce-Id": f"fb-{i}",
+                                "Ce-Type": "io.seldon.serving.feedback"}))
+        assert codes == [202, 201, 200][:len(codes)], (i, codes)
+        return len(y) if truth else 0
+
+    for i in range(12):  # more than minSamples of white pumpkins, unlabelled yet
+        log(i, truth=False)
+    drifted = wait_for(lambda: condition(node_cluster.get("mdep", "classifier", ns),
+                                         "DriftDetected"), timeout=120, interval=1,
+                       what="DriftDetected")
+    assert drifted["status"] == "True", drifted
+    # the farmers' truth after the onset: what a retrain learns from
+    labelled = sum(log(i, truth=True) for i in range(12, len(batches)))
+    assert labelled >= 200
+    [_, v2] = wait_for(lambda: len(models()) == 2 and models(), timeout=900, interval=2,
+                       what="v2 registered by the retrain Job")
+    assert v2["version"] == 2 and v2["artifactUri"].startswith("s3://trellis/"), v2
+
+    obj = node_cluster.get("experiment", "classifier", ns)
+    runs = obj["status"]["runs"]
+    assert [r["reason"] for r in runs] == [api.Reason.MODEL_REGISTERED] * 2, runs
+    jobs = json.loads(node_cluster.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)
+    by_trigger: dict[str, tuple[dict, dict]] = {}
+    for job in jobs["items"]:
+        env = {e["name"]: e.get("value") for e in
+               job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        request = json.loads(env["TRELLIS_RUN_REQUEST"])
+        by_trigger[request["tags"].get("trellis.trigger", "")] = (job, request)
+    assert len(by_trigger) == 2, sorted(by_trigger)
+    episode = next(t for t in by_trigger if t)
+    job, request = by_trigger[episode]
+    feedback_uri = request["parameters"]["feedback_uri"]
+    assert feedback_uri.startswith("s3://trellis/") and episode in feedback_uri, feedback_uri
+    key = feedback_uri.removeprefix("s3://trellis/")
+    assert s3.head_object(Bucket="trellis", Key=key)["ContentLength"] > 0
+    # the retrain pod read them from S3: the flow says how many labelled inputs it got
+    said = node_cluster.kubectl("logs", "-n", ns, f"job/{job['metadata']['name']}",
+                                "--tail=-1").stdout
+    counts = [int(n) for n in re.findall(
+        r"collected \d+ photos and (\d+) labelled live inputs", said)]
+    assert counts and 0 < counts[-1] <= labelled, said[-3000:]
     node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
