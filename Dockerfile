@@ -6,9 +6,9 @@
 #   docker build --target model-server  -t ghcr.io/trellis-mlops/model-server:0.1.0 .
 #
 # The environments come from the same lock files `make test` installs: uv.lock for the
-# operator/CLI (kopf, kubernetes, metaflow; no torch, matplotlib or CUDA) and the trainer
-# (the same plus the `train` extra: torch), serving/requirements.lock for the model server
-# (seldon-core 1.17.1, which cannot share an environment with kopf).
+# operator/CLI (the `operator` extra: kopf, kubernetes, metaflow; no torch, matplotlib or
+# CUDA) and the trainer (the same plus the `train` extra: torch), serving/requirements.lock
+# for the model server (seldon-core 1.17.1, which cannot share an environment with kopf).
 # Build stages hold uv and the caches; final stages hold a venv, the code they run, a
 # non-root user, and no build tools. tests/unit/test_dockerfile.py checks all of this.
 
@@ -45,22 +45,24 @@ ENV UV_PYTHON_DOWNLOADS=never \
     UV_CACHE_DIR=${UV_CACHE_DIR}
 WORKDIR /app
 
-# The operator's environment (the controller image's).
+# The operator's environment (the controller image's): the base and the `operator` extra.
 FROM uv AS build
-# Dependencies first (the slow, rarely changing layer), then the project itself.
+# Dependencies first (the slow, rarely changing layer), then the project itself (its
+# wheel carries the CRDs, so they come along).
 # --inexact changes nothing in a fresh build; when a local build syncs a kept
 # environment again (images.py), it keeps what build-train added instead of removing it.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --inexact --no-install-project
+    uv sync --frozen --no-dev --inexact --no-install-project --extra operator
 COPY controller ./controller
+COPY crds ./crds
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --inexact --no-editable
+    uv sync --frozen --no-dev --inexact --no-editable --extra operator
 
 # The trainer's environment: the operator's plus the `train` extra (torch, CUDA wheels).
 FROM build AS build-train
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable --extra train
+    uv sync --frozen --no-dev --no-editable --extra operator --extra train
 
 # The model server's environment, as `make serving-env` builds it. UV_PYTHON names the
 # target of `uv pip` (the build's own UV_PYTHON would sync into /usr/local instead);

@@ -27,8 +27,9 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
 	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
-# The operator/CLI environment, from uv.lock (kopf, kubernetes<37, metaflow, ...) with
-# every extra: tests train (torch, `train`) and draw the demo's report (`demo`).
+# The operator/CLI environment, from uv.lock, with every extra: the operator's (kopf,
+# kubernetes<37, metaflow, ...: `operator`), training (torch: `train`) and the demo
+# report's plots (`demo`). uv.lock covers Python 3.11–3.13; this environment is 3.11.
 env: $(UV)
 	$(UV) sync --frozen --all-extras --python $(PYTHON)
 

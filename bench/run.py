@@ -38,6 +38,7 @@ def suites(quick: bool) -> list[tuple[str, list[str]]]:
         ("gitops", [str(ROOT / "bench" / "gitops_bench.py")]),
         ("fuzz", fuzz),
         ("images", [str(ROOT / "bench" / "images_bench.py")]),
+        ("install", [str(ROOT / "bench" / "install_bench.py")]),
         ("scale", scale),
         ("node", [str(ROOT / "bench" / "node_bench.py")]),
         ("cluster-training", [str(ROOT / "bench" / "cluster_train_bench.py")]),

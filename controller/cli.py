@@ -2,13 +2,18 @@
 
 Errors the user can act on come out as one line on stderr with exit status 1 (or 2
 for usage), never a traceback.
+
+``validate`` and ``plan`` need only the base install (what a pull request's CI
+installs); every other command imports its packages inside its function, and a missing
+one is a message naming the extra that installs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CommandFn = Callable[[argparse.Namespace], int]
@@ -18,8 +23,22 @@ class UserError(Exception):
     """An error whose message is the whole story for the user."""
 
 
+@contextlib.contextmanager
+def requires_extra(extra: str, command: str) -> Iterator[None]:
+    """Imports of ``command`` that come with the package's ``extra``: a missing package
+    says which extra to install (a module of Trellis itself missing is a bug: raised)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.partition(".")[0] == "controller":
+            raise
+        raise UserError(f"`trellis {command}` needs {exc.name}, which the {extra!r} extra "
+                        f"installs: pip install 'trellis-mlops[{extra}]'") from exc
+
+
 def _dev_cluster(args: argparse.Namespace) -> int:
-    from controller.devcluster.cluster import ClusterError, DevCluster
+    with requires_extra("operator", "dev-cluster"):
+        from controller.devcluster.cluster import ClusterError, DevCluster
 
     cluster = DevCluster(Path(args.dir) if args.dir else None)
     try:
@@ -96,7 +115,8 @@ def _dev_cluster_status(cluster) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from controller import operator
+    with requires_extra("operator", "operator"):
+        from controller import operator
 
     operator.run(namespaces=args.namespace or None, peering=args.peering,
                  liveness_port=args.liveness_port, verbose=args.verbose)
@@ -128,7 +148,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from controller.demo.main import run_demo
+    with requires_extra("demo", "demo"):
+        from controller.demo.main import run_demo
 
     return run_demo(args)
 

@@ -18,7 +18,11 @@ class LiveError(Exception):
 
 class LiveCluster:
     def __init__(self) -> None:
-        from kubernetes import client, config
+        try:
+            from kubernetes import client, config
+        except ModuleNotFoundError as exc:  # the base install (a pull request's CI)
+            raise LiveError("--cluster needs the Kubernetes client, which the 'operator' "
+                            "extra installs: pip install 'trellis-mlops[operator]'") from exc
 
         try:
             # KUBECONFIG as it is now (the client reads it once, at its import).
