@@ -13,19 +13,24 @@ has the API server judge the same pod under the restricted profile.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
+import yaml
 
 from controller import api
 from controller.devcluster import images
 from controller.paths import ROOT
-from tests.support.clusterwide import pick, render
+from tests.support.clusterwide import SELDON_CRD, pick, render
 from tests.support.kube import Cluster, condition, wait_for
+from tests.support.seldon import mark_available, predictors, setup_objects
 from tests.support.specs import example
 
 pytestmark = pytest.mark.node
@@ -54,6 +59,7 @@ def operator_pods(node_cluster: Cluster) -> list[dict]:
     config = pick(docs, "ConfigMap", "trellis-operator-config")[0]
     config["data"]["TRELLIS_TRAINER_HOST_MOUNTS"] = json.dumps(built["trainer"].mounts)
     crds = pick(docs, "CustomResourceDefinition")
+    crds.append(yaml.safe_load(SELDON_CRD.read_text()))  # ModelDeployments' backend: seldon
     node_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                          input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
     node_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -253,4 +259,100 @@ def test_a_gpu_the_node_lacks_is_named_and_deleting_removes_the_pods(
     wait_for(lambda: not _pods(node_cluster, ns, "wants-gpu"), timeout=120, interval=1,
              what="every pod of the run gone")
     assert node_cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.strip() == ""
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# ------------------------------------------------------------------ drift inputs
+def _post(pod: dict, path: str, body: dict, headers: dict[str, str] | None = None) -> int:
+    """POST to a replica's request-logger port, as Seldon's executor does."""
+    req = urllib.request.Request(f"http://{pod['status']['podIP']}:8081{path}",
+                                 json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _logged_in_s3(s3: Any, ns: str) -> tuple[set[str], set[str], list[str]]:
+    """The drift log's copy in S3: its predictions, labelled ones, and the objects."""
+    prefix = f"requestlog/log/{ns}/classifier/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="trellis", Prefix=prefix)
+            .get("Contents", [])]
+    puids: set[str] = set()
+    labelled: set[str] = set()
+    for key in keys:
+        body = s3.get_object(Bucket="trellis", Key=key)["Body"].read()
+        if key.endswith(".npz"):
+            with np.load(io.BytesIO(body)) as z:
+                puids.update(str(p) for p in z["puid"])
+        elif key.endswith(".jsonl"):
+            labelled.update(json.loads(line)["puid"] for line in body.splitlines() if line)
+    return puids, labelled, keys
+
+
+def test_drift_inputs_sent_to_both_replicas_reach_one_log_and_survive_a_failover(
+        node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    """Seldon's request logger as the Service spreads it: request and response of one
+    prediction at different replicas. Both acknowledge; the active one logs every pair,
+    and after it is force-deleted the survivor's log (kept in S3) still has them all."""
+    ns = _team_namespace(node_cluster, "drift-feed")
+    setup_objects(node_cluster, ns, drift={"enabled": True, "action": "alert"})
+    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v1", 100)], timeout=120,
+             interval=1, what="the SeldonDeployment")
+    mark_available(node_cluster, ns)
+    # Two replicas (an earlier test's failover left a replacement starting, maybe).
+    def two_ready() -> list[dict] | None:
+        pods = [p for p in _running_pods(node_cluster)
+                if all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
+        return pods if len(pods) == 2 else None
+
+    pods = wait_for(two_ready, timeout=120, interval=1, what="two operator replicas ready")
+    image = [[[0.5] * 3] * 64] * 64
+    acked: set[str] = set()
+    labelled: set[str] = set()
+
+    def send(prefix: str, count: int, to: list[dict]) -> None:
+        for i in range(count):
+            puid = f"{prefix}{i}"
+            hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+                    "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
+                    "Ce-Specversion": "1.0"}
+            answer = {"data": {"names": ["bad", "good"], "ndarray": [[0.2, 0.8]]},
+                      "meta": {"tags": {"trellis.features": [[float(i), 1.0]],
+                                        "trellis.version": 1}}}
+            first, second = to[i % len(to)], to[(i + 1) % len(to)]
+            codes = [_post(first, "/", {"data": {"ndarray": [image]}},
+                           {**hdrs, "Ce-Type": "io.seldon.serving.inference.request"}),
+                     _post(second, "/", answer,
+                           {**hdrs, "Ce-Type": "io.seldon.serving.inference.response"})]
+            if i % 2 == 0:
+                codes.append(_post(first, f"/feedback/{ns}/classifier",
+                                   {"puid": puid, "label": 1}))
+                labelled.add(puid)
+            assert codes == [202] * len(codes), (puid, codes)
+            acked.add(puid)
+
+    s3 = _s3(node_cluster, ns)
+    send("before", 20, pods)
+    wait_for(lambda: _logged_in_s3(s3, ns)[:2] == (acked, labelled), timeout=60, interval=1,
+             what="every acknowledged prediction in the drift log's copy")
+    active = [p for p in pods if _reconciles(p) > 0]
+    assert len(active) == 1, [p["metadata"]["name"] for p in active]
+    survivor = next(p for p in pods if p is not active[0])
+    send("last", 10, pods)
+    node_cluster.kubectl("delete", "pod", active[0]["metadata"]["name"], "-n", SYSTEM_NS,
+                         "--force", "--grace-period=0")
+    send("standby", 6, [survivor])
+    wait_for(lambda: _reconciles(survivor) > 0, timeout=150, interval=2,
+             what="the survivor reconciling")
+    wait_for(lambda: _logged_in_s3(s3, ns)[:2] == (acked, labelled), timeout=60, interval=1,
+             what="every acknowledged prediction in the new leader's log")
+    keys = _logged_in_s3(s3, ns)[2]
+    assert all(f"-{survivor['metadata']['name']}/" in k for k in keys), keys
+    inbox = s3.list_objects_v2(Bucket="trellis", Prefix=f"requestlog/inbox/{ns}/")
+    assert inbox.get("KeyCount", 0) == 0
+    logging = condition(node_cluster.get("mdep", "classifier", ns), "RequestLogging")
+    assert logging is not None and logging["status"] == "True"
     node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
