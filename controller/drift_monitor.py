@@ -1,11 +1,12 @@
 """The ModelDeployment's drift sub-step: live inputs vs the stable model's reference.
 
 Owns ``status.drift`` and the DriftDetected / AccuracyDegraded conditions. Reads the
-request log (written by the local router, or by the CloudEvents receiver that Seldon's
-request logger feeds in a cluster), decides with ``drift_episodes.next_drift_state``,
-and on a retrain decision exports the labelled live inputs (to S3 when the retrain runs
-in a pod: ``controller.feedback``) and puts the request on the deployment's own status
-(``status.drift.retrain``), written with the rest of the status in the loop's one patch.
+request log (written by the local router, or in a cluster by ``controller.drift_feed``
+from what Seldon's request logger sent any replica), decides with
+``drift_episodes.next_drift_state``, and on a retrain decision exports the labelled live
+inputs (to S3 when the retrain runs in a pod: ``controller.feedback``) and puts the
+request on the deployment's own status (``status.drift.retrain``), written with the rest
+of the status in the loop's one patch.
 It writes nothing else: the Experiment reconciler, woken by that write, adopts the
 request into the Experiment's ``status.retrain`` and starts exactly one run per episode
 (``training.decide.adopt_retrain``). The Experiment is only read here — its objective,

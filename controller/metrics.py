@@ -59,9 +59,12 @@ class OperatorMetrics:
             "API server, by verb and resource (kopf's own — watches, finalizers — aside)",
             ["verb", "resource"], registry=self.registry)
         self.log_dropped = Counter(
-            "trellis_request_log_dropped_total", "Records of Seldon's request logger that a "
-            "full request log did not take (the event was still acknowledged), by kind "
-            "(request, feedback)", ["namespace", "deployment", "kind"], registry=self.registry)
+            "trellis_request_log_dropped_total", "Records of Seldon's request logger that "
+            "did not reach the drift log, by kind: request, feedback (a full log did not take "
+            "them; acknowledged all the same), unpaired (a half whose other half never came), "
+            "unmatched (feedback for no logged prediction), unstored (the shared store "
+            "refused the write: answered 503, nothing acknowledged)",
+            ["namespace", "deployment", "kind"], registry=self.registry)
 
     def count(self, counts: Iterable[Count]) -> None:
         for c in counts:

@@ -121,6 +121,58 @@ class ObjectStore:
             return
         self._s3_call("write", "put_object", Bucket=loc.bucket, Key=loc.key, Body=data)
 
+    def list(self, prefix: str) -> list[str]:
+        """The URIs of every object under ``prefix`` (a "directory": ``prefix/...``),
+        sorted. Nothing there is an empty list, not an error."""
+        loc = parse(prefix)
+        if loc.scheme == "file":
+            root = Path(loc.path)
+            try:
+                found = [p for p in root.rglob("*") if p.is_file()
+                         and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+            except OSError as exc:
+                raise ObjectStoreError(str(exc)) from exc
+            return sorted(str(p) for p in found)
+        base = loc.key.rstrip("/") + "/"
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": loc.bucket, "Prefix": base}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._s3_call("list", "list_objects_v2", **kwargs)
+            keys += [item["Key"] for item in page.get("Contents") or []]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        return sorted(f"s3://{loc.bucket}/{key}" for key in keys)
+
+    def delete(self, uris: list[str]) -> None:
+        """Remove the objects at ``uris``; one already gone is no error."""
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            loc = parse(uri)
+            if loc.scheme == "file":
+                try:
+                    Path(loc.path).unlink(missing_ok=True)
+                except OSError as exc:
+                    raise ObjectStoreError(str(exc)) from exc
+            else:
+                by_bucket.setdefault(loc.bucket, []).append(loc.key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):  # S3's limit per DeleteObjects call
+                batch = [{"Key": key} for key in keys[start:start + 1000]]
+                answer = self._s3_call("delete", "delete_objects", Bucket=bucket,
+                                       Delete={"Objects": batch, "Quiet": True})
+                errors = [e for e in answer.get("Errors") or []
+                          if e.get("Code") != "NoSuchKey"]
+                if errors:
+                    first = errors[0]
+                    raise ObjectStoreError(
+                        f"S3 delete failed for {len(errors)} object(s): "
+                        f"{first.get('Code')} ({first.get('Message')})",
+                        transient=is_transient(str(first.get("Code") or ""), 0))
+
     # ------------------------------------------------------------------ async
     async def aread(self, uri: str) -> bytes:
         return await asyncio.to_thread(self.read, uri)

@@ -135,11 +135,18 @@ async def close_context(ctx: Context) -> None:
 async def run_daemon(ctx: Context, kind: str, body: kopf.Body, stopped: Any) -> None:
     meta = body["metadata"]
     wakeup = ctx.wakeups.get(kind, meta["namespace"], meta["name"])
+    rec = ctx.reconcilers[kind]
     try:
-        await run_loop(ctx.reconcilers[kind], ctx.kube, body, stopped, wakeup,
+        await run_loop(rec, ctx.kube, body, stopped, wakeup,
                        resync=ctx.settings.resync_seconds, metrics=ctx.metrics)
     finally:
         ctx.wakeups.forget(kind, meta["namespace"], meta["name"])
+        # Whatever stopped the daemon — kopf pausing this replica for its peer, the
+        # operator exiting, the object deleted — what the reconciler holds for the object
+        # in memory may be outdated when the daemon next runs here.
+        release = getattr(rec, "release", None)
+        if release is not None:
+            await release(meta["namespace"], meta["name"])
 
 
 def on_event(ctx: Context, kind: str, body: kopf.Body) -> None:

@@ -3,7 +3,8 @@
 A full request log must not take serving down, so its writer keeps answering and drops
 the records it cannot keep: the local router (which reports it on ``/metrics``:
 ``trellis_router_log_full``, ``trellis_router_log_dropped_total``) or, in cluster mode,
-the operator's receiver for Seldon's request logger (``Receiver.log_state``). That
+the active operator replica, which drains Seldon's request-logger events into the log
+(``DriftFeed.drain``). That
 silence would leave drift detection blind without anyone knowing; this condition makes
 it visible on the ModelDeployment.
 """

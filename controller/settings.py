@@ -77,6 +77,11 @@ class Settings:
     request_logger_url: str = "http://trellis-operator.trellis-system.svc:8081/"
     # Where this operator receives those CloudEvents (0: a free port, < 0: off).
     request_logger_port: int = 8081
+    # The store every replica's receiver appends those events to and the active replica
+    # keeps the drift log's copy in (docs/architecture.md, "Drift inputs in a cluster"):
+    # s3://<bucket>/<prefix> in a cluster, shared by the replicas. Empty: a directory
+    # under state_dir, which only a single operator process can use.
+    request_log_store: str = ""
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     # The labels canary queries select Seldon's executor series by. The executor exports
     # `deployment_name`; `namespace` exists only when the scrape adds it (a PodMonitor or
@@ -102,6 +107,13 @@ class Settings:
             raise ValueError(f"{PREFIX}DEFAULT_TRAINING_BACKEND must be one of "
                              f"{', '.join(TRAINING_BACKENDS)}, not "
                              f"{self.default_training_backend!r}")
+        if self.request_log_store:
+            from controller.objectstore import parse
+
+            try:
+                parse(self.request_log_store)
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}REQUEST_LOG_STORE: {exc}") from None
 
     def training_backend(self, spec: dict[str, Any]) -> str:
         """An Experiment's backend: its own, or this operator's default."""
@@ -122,6 +134,10 @@ class Settings:
     @property
     def request_log_dir(self) -> Path:
         return self.state_dir / "requestlog"
+
+    @property
+    def request_log_store_uri(self) -> str:
+        return self.request_log_store or str(self.state_dir / "requestlog-store")
 
     @property
     def repo_cache_dir(self) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 from controller import api, conditions
 from controller.canary import Analysis, Policy, analyse, seconds_since, serving_failed, weights
 from controller.context import Context
-from controller.failures import MetricsUnavailable
+from controller.failures import MetricsUnavailable, StorageUnavailable
 from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
 from controller.loop import Event, Outcome
 from controller.metrics import Count
@@ -53,6 +53,7 @@ class ModelDeploymentReconciler:
                 ctx.settings.prometheus_deployment_label)),
         }
         self.drift = None
+        self.feed = None
         self.receiver = None
         self.receiver_runner = None
 
@@ -63,22 +64,29 @@ class ModelDeploymentReconciler:
         return self.drivers[backend]
 
     async def start(self) -> None:
+        from controller.drift_feed import DriftFeed, replica_name
         from controller.drift_monitor import DriftMonitor
 
         self.drift = DriftMonitor(self.ctx)
+        settings = self.ctx.settings
+        self.feed = DriftFeed(self.drift.store, settings.request_log_store_uri,
+                              settings.request_log_dir, replica_name(),
+                              on_drop=self.ctx.metrics.record_log_drop)
         await self._start_receiver()
 
     async def _start_receiver(self) -> None:
-        """Seldon's request logger (cluster mode) feeds the drift log through this."""
+        """Seldon's request logger (cluster mode) feeds the drift log through this: on
+        every replica, standby included, into the shared store (``drift_feed``)."""
         from aiohttp import web
 
+        from controller.drift_feed import replica_name
         from controller.serving.cloudevents import Receiver
 
         port = self.ctx.settings.request_logger_port
-        if port < 0:
+        if port < 0 or self.drift is None:
             return
-        self.receiver = Receiver(self.ctx.settings.request_log_dir,
-                                 on_drop=self.ctx.metrics.record_log_drop)
+        self.receiver = Receiver(self.drift.store, self.ctx.settings.request_log_store_uri,
+                                 replica_name(), on_drop=self.ctx.metrics.record_log_drop)
         runner = web.AppRunner(self.receiver.app(), access_log=None)
         await runner.setup()
         try:
@@ -158,8 +166,14 @@ class ModelDeploymentReconciler:
         if serving.failed and _reason(status) != api.Reason.SERVING_FAILED:
             p.events.append(Event(api.Reason.SERVING_FAILED, serving.message, "Warning"))
         status["conditions"] = self._conditions(status, p, serving, target, gen)
+        drained, drain_error = None, None
+        if drift_on and backend != "local":
+            try:  # before the drift check: it reads what this adds to the log
+                drained = await self._drain(obj)
+            except StorageUnavailable as exc:
+                drain_error = exc
         if drift_on and serving.ready:
-            log_state = await self._log_state(obj, serving, backend)
+            log_state = drained if backend != "local" else await self._log_state(obj, serving)
             status["conditions"] = logging_conditions(status["conditions"], log_state, gen)
         elif not drift_on:
             status["conditions"] = conditions.remove_condition(status["conditions"],
@@ -168,7 +182,9 @@ class ModelDeploymentReconciler:
         outcome = Outcome(status, list(p.events),
                           requeue_after=self._requeue(p, policy, serving, obj, now),
                           counts=_counts(p))
-        if self.drift is not None and drift_on:
+        if drain_error is not None:  # the log is not known to be whole: no verdict on it
+            outcome.error = drain_error
+        elif self.drift is not None and drift_on:
             try:
                 found = await self.drift.check(obj, status, exp)
             except Exception as exc:  # the rollout's progress stands; the failure goes on it
@@ -230,21 +246,30 @@ class ModelDeploymentReconciler:
                                      f"{p.canary['weight']}%: {exc}") from exc
         return out
 
-    async def _log_state(self, obj: dict[str, Any], serving: ServingState,
-                         backend: str) -> LogState | None:
-        """What the log's writer says of it: the local router (None, condition kept, when
-        its metrics cannot be read: the pass goes on without it) or, in cluster mode, the
-        receiver, told the spec's bound first (None when it is not listening)."""
-        if backend != "local":
-            if self.receiver is None:
-                return None
-            receiver, meta, drift = self.receiver, obj["metadata"], obj["spec"]["drift"]
-            ns, name = meta["namespace"], meta["name"]
-            bound = int((drift.get("storage") or {}).get("maxBytes", 268435456))
-            def read() -> LogState:  # both wait on the receiver's locks: off the event loop
-                receiver.set_bound(ns, name, bound)
-                return receiver.log_state(ns, name)
-            return await asyncio.to_thread(read)
+    async def _drain(self, obj: dict[str, Any]) -> LogState | None:
+        """Cluster mode: this pass's share of the deployment's inbox into its log, which
+        the spec's byte bound applies to. None when this replica let the deployment go
+        meanwhile (its daemon is stopping); ``StorageUnavailable`` when the store fails."""
+        from controller.drift_feed import Released
+        from controller.objectstore import ObjectStoreError
+
+        if self.feed is None:
+            return None
+        meta, drift = obj["metadata"], obj["spec"]["drift"]
+        bound = int((drift.get("storage") or {}).get("maxBytes", 268435456))
+        try:
+            return await asyncio.to_thread(self.feed.drain, meta["namespace"], meta["name"],
+                                           bound)
+        except Released:
+            return None
+        except (ObjectStoreError, OSError) as exc:
+            raise StorageUnavailable(
+                f"the drift log of {meta['namespace']}/{meta['name']} cannot be brought up "
+                f"to date in {self.ctx.settings.request_log_store_uri}: {exc}") from exc
+
+    async def _log_state(self, obj: dict[str, Any], serving: ServingState) -> LogState | None:
+        """What the local router says of its log (None, condition kept, when its metrics
+        cannot be read: the pass goes on without it)."""
         source = self.sources["local"]
         assert isinstance(source, LocalScrape)
         try:
@@ -342,15 +367,21 @@ class ModelDeploymentReconciler:
         await self.driver(backend).teardown(obj)
         if self.drift is not None:
             self.drift.forget(obj)
-        if self.receiver is not None:
-            await asyncio.to_thread(self.receiver.forget, obj["metadata"]["namespace"],
-                                    obj["metadata"]["name"])
+        await self.release(obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+    async def release(self, namespace: str, name: str) -> None:
+        """This process stops consuming the deployment's drift inbox (its daemon stopped:
+        paused by peering, exiting, deleted); the next consumer adopts the store's copy."""
+        if self.feed is not None:
+            await asyncio.to_thread(self.feed.release, namespace, name)
 
     async def close(self) -> None:
         if self.receiver_runner is not None:
             await self.receiver_runner.cleanup()
         if self.receiver is not None:
-            self.receiver.close()
+            await self.receiver.close()
+        if self.feed is not None:
+            await asyncio.to_thread(self.feed.close)
         for driver in self.drivers.values():
             closer = getattr(driver, "close", None)
             if closer is not None:

@@ -130,7 +130,7 @@ class RequestLog(RequestLogReader):
                 continue
             puids, versions, preds = arrays
             chunk = _Chunk(path, path.stat().st_size)
-            for puid, rows in _group_rows(puids):
+            for puid, rows in group_rows(puids):
                 chunk.puids.append(puid)
                 self._index[puid] = _Entry(
                     seq, int(versions[rows][0]), tuple(int(p) for p in preds[rows])
@@ -177,8 +177,10 @@ class RequestLog(RequestLogReader):
             if sum(len(r.x) for r in self._buffer) >= self.flush_rows:
                 self._flush_locked()
 
-    def record_feedback(self, puid: str, labels: list[int]) -> FeedbackRecord:
-        """Store labels for a logged request; durable (flushed to the OS) on return."""
+    def record_feedback(self, puid: str, labels: list[int],
+                        ts: float | None = None) -> FeedbackRecord:
+        """Store labels for a logged request; durable (flushed to the OS) on return.
+        ``ts``: when the label was given (now, unless it is a copy of an older one)."""
         with self._lock:
             entry = self._index.get(puid)
             if entry is None:
@@ -189,7 +191,8 @@ class RequestLog(RequestLogReader):
                     "were sent"
                 )
             label: int | list[int] = labels[0] if len(labels) == 1 else labels
-            line = json.dumps({"puid": puid, "label": label, "ts": time.time()})
+            line = json.dumps({"puid": puid, "label": label,
+                               "ts": time.time() if ts is None else ts})
             previous = self._labels.get(puid)
             self._labels[puid] = tuple(labels)  # labelled now, so making room cannot drop it
             try:
@@ -327,7 +330,7 @@ class RequestLog(RequestLogReader):
         return self._feedback_file
 
 
-def _group_rows(puids: np.ndarray) -> list[tuple[str, slice]]:
+def group_rows(puids: np.ndarray) -> list[tuple[str, slice]]:
     """Contiguous runs of one puid (a request's rows are always written together)."""
     if len(puids) == 0:
         return []

@@ -60,6 +60,18 @@ def read_chunk(path: Path, names: Sequence[str]) -> tuple[np.ndarray, ...] | Non
         return None
 
 
+def read_feedback_lines(text: str, labels: dict[str, tuple[list[int], float]]) -> None:
+    """Add the labels of one feedback file's lines to ``labels`` (a later line wins)."""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            label = record["label"]
+            values = [int(v) for v in label] if isinstance(label, list) else [int(label)]
+            labels[str(record["puid"])] = (values, float(record.get("ts", 0.0)))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a crash
+
+
 class RequestLogReader:
     """Answers from the files under ``root``; see the module docstring."""
 
@@ -74,14 +86,7 @@ class RequestLogReader:
                 text = path.read_text(encoding="utf-8")
             except FileNotFoundError:
                 continue
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                    label = record["label"]
-                    values = [int(v) for v in label] if isinstance(label, list) else [int(label)]
-                    labels[str(record["puid"])] = (values, float(record.get("ts", 0.0)))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from a crash
+            read_feedback_lines(text, labels)
         return labels
 
     def recent_features(self, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,8 @@ def test_deployment_runs_two_peering_replicas_safely(docs: list[dict[str, Any]])
     assert ports["request-logger"] == int(config["TRELLIS_REQUEST_LOGGER_PORT"])
     assert config["TRELLIS_REQUEST_LOGGER_URL"].endswith(
         f"trellis-operator.trellis-system.svc:{ports['request-logger']}/")
+    # Either replica receives the drift inputs: they must land where both can read.
+    assert config["TRELLIS_REQUEST_LOG_STORE"].startswith("s3://")
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
     sc = container["securityContext"]

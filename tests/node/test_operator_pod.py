@@ -13,6 +13,7 @@ has the API server judge the same pod under the restricted profile.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import subprocess
@@ -23,14 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
+import yaml
 
 from controller import api
 from controller.devcluster import images
 from controller.paths import FLOWS_DIR, ROOT
-from tests.support import seldon
-from tests.support.clusterwide import pick, render
+from tests.support.clusterwide import SELDON_CRD, pick, render
 from tests.support.kube import Cluster, condition, wait_for
+from tests.support.seldon import (
+    mark_available,
+    mdep_status,
+    predictors,
+    setup_objects,
+    wait_predictors,
+)
 from tests.support.specs import example
 
 pytestmark = pytest.mark.node
@@ -59,11 +68,11 @@ def operator_pods(node_cluster: Cluster) -> list[dict]:
     config = pick(docs, "ConfigMap", "trellis-operator-config")[0]
     config["data"]["TRELLIS_TRAINER_HOST_MOUNTS"] = json.dumps(built["trainer"].mounts)
     crds = pick(docs, "CustomResourceDefinition")
+    crds.append(yaml.safe_load(SELDON_CRD.read_text()))  # ModelDeployments' backend: seldon
     node_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                          input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
     node_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                          *[f"crd/{c['metadata']['name']}" for c in crds])
-    seldon.install_crd(node_cluster)  # Seldon's kind, for seldon-backend ModelDeployments
     # The peering object before the replicas: kopf's non-mandatory peering runs a replica
     # standalone (active) when it starts and finds no ClusterKopfPeering.
     rest = _served(node_cluster, [d for d in docs if d["kind"] != "CustomResourceDefinition"])
@@ -290,11 +299,14 @@ def _answers(model_dir: Path, messages: list[dict]) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def _post(url: str, body: dict, headers: dict[str, str]) -> int:
-    req = urllib.request.Request(url, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", **headers})
+# ------------------------------------------------------------------ drift inputs
+def _post(pod: dict, path: str, body: dict, headers: dict[str, str] | None = None) -> int:
+    """POST to a replica's request-logger port, as Seldon's executor does."""
+    req = urllib.request.Request(f"http://{pod['status']['podIP']}:8081{path}",
+                                 json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -305,8 +317,9 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
     """No Seldon Core operator runs here, so this test plays Seldon's part: it marks the
     SeldonDeployment Available as Seldon writes it, and posts each prediction's request and
     response — answered by the project's model class loading v1 as downloaded from S3 —
-    to the active replica's request-logger receiver as Seldon's executor does (binary
-    CloudEvents), then the truth as the ``io.seldon.serving.feedback`` event Seldon logs.
+    to the operator's request-logger receivers as Seldon's executor does (binary
+    CloudEvents, the two halves at different replicas), then the truth as the
+    ``io.seldon.serving.feedback`` event Seldon logs.
     The rest is the product, in pods: the drift monitor detects the white pumpkins, exports
     the labelled inputs to S3, and the Experiment retrains in a Job whose pod reads them
     from S3 and registers v2."""
@@ -325,9 +338,9 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
         return (obj.get("status") or {}).get("models") or []
 
     [v1] = wait_for(models, timeout=900, interval=2, what="v1 trained in a pod")
-    seldon.wait_predictors(node_cluster, ns, [("stable", "v1", 100)], timeout=120)
-    seldon.mark_available(node_cluster, ns)
-    wait_for(lambda: seldon.mdep_status(node_cluster, ns).get("phase") == "Serving",
+    wait_predictors(node_cluster, ns, [("stable", "v1", 100)], timeout=120)
+    mark_available(node_cluster, ns)
+    wait_for(lambda: mdep_status(node_cluster, ns).get("phase") == "Serving",
              timeout=120, interval=1, what="v1 serving")
 
     # v1 as Seldon's storage initializer would fetch it into the model-server pod
@@ -340,28 +353,29 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
     batches = _white_pumpkins(400, batch=10)
     answers = _answers(model_dir, [{"data": {"ndarray": x}} for x, _ in batches])
 
-    active = [p for p in _running_pods(node_cluster) if _reconciles(p) > 0]
-    assert len(active) == 1, [p["metadata"]["name"] for p in active]
-    receiver = f"http://{active[0]['status']['podIP']}:8081/"
+    replicas = _running_pods(node_cluster)  # the Service spreads Seldon's posts over them
 
     def log(i: int, *, truth: bool) -> int:
-        """Prediction ``i`` as Seldon's executor logs it; with its truth, the labels sent."""
+        """Prediction ``i`` as Seldon's executor logs it, its halves at different replicas;
+        with its truth, the labels sent."""
         (x, y), answer = batches[i], answers[i]
         puid = f"white-{i}"
         answer["meta"]["puid"] = puid
+        first, second = replicas[i % len(replicas)], replicas[(i + 1) % len(replicas)]
         hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
                 "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
                 "Ce-Specversion": "1.0", "Ce-Source": f"http://classifier-stable.{ns}:8000/"}
-        codes = [_post(receiver, {"data": {"ndarray": x}},
+        codes = [_post(first, "/", {"data": {"ndarray": x}},
                        {**hdrs, "Ce-Type": "io.seldon.serving.inference.request"}),
-                 _post(receiver, answer,
+                 _post(second, "/", answer,
                        {**hdrs, "Ce-Type": "io.seldon.serving.inference.response"})]
         if truth:  # Seldon logs feedback under a puid of its own
-            codes.append(_post(receiver, {"request": {"data": {"ndarray": x}},
-                                          "response": answer, "truth": {"data": {"ndarray": y}}},
+            codes.append(_post(first, "/", {"request": {"data": {"ndarray": x}},
+                                            "response": answer,
+                                            "truth": {"data": {"ndarray": y}}},
                                {**hdrs, "Ce-Requestid": f"fb-{i}", "Ce-Id": f"fb-{i}",
                                 "Ce-Type": "io.seldon.serving.feedback"}))
-        assert codes == [202, 201, 200][:len(codes)], (i, codes)
+        assert codes == [202] * len(codes), (i, codes)
         return len(y) if truth else 0
 
     for i in range(12):  # more than minSamples of white pumpkins, unlabelled yet
@@ -400,4 +414,87 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
     counts = [int(n) for n in re.findall(
         r"collected \d+ photos and (\d+) labelled live inputs", said)]
     assert counts and 0 < counts[-1] <= labelled, said[-3000:]
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def _logged_in_s3(s3: Any, ns: str) -> tuple[set[str], set[str], list[str]]:
+    """The drift log's copy in S3: its predictions, labelled ones, and the objects."""
+    prefix = f"requestlog/log/{ns}/classifier/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="trellis", Prefix=prefix)
+            .get("Contents", [])]
+    puids: set[str] = set()
+    labelled: set[str] = set()
+    for key in keys:
+        body = s3.get_object(Bucket="trellis", Key=key)["Body"].read()
+        if key.endswith(".npz"):
+            with np.load(io.BytesIO(body)) as z:
+                puids.update(str(p) for p in z["puid"])
+        elif key.endswith(".jsonl"):
+            labelled.update(json.loads(line)["puid"] for line in body.splitlines() if line)
+    return puids, labelled, keys
+
+
+def test_drift_inputs_sent_to_both_replicas_reach_one_log_and_survive_a_failover(
+        node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    """Seldon's request logger as the Service spreads it: request and response of one
+    prediction at different replicas. Both acknowledge; the active one logs every pair,
+    and after it is force-deleted the survivor's log (kept in S3) still has them all."""
+    ns = _team_namespace(node_cluster, "drift-feed")
+    setup_objects(node_cluster, ns, drift={"enabled": True, "action": "alert"})
+    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v1", 100)], timeout=120,
+             interval=1, what="the SeldonDeployment")
+    mark_available(node_cluster, ns)
+    # Two replicas (an earlier test's failover left a replacement starting, maybe).
+    def two_ready() -> list[dict] | None:
+        pods = [p for p in _running_pods(node_cluster)
+                if all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
+        return pods if len(pods) == 2 else None
+
+    pods = wait_for(two_ready, timeout=120, interval=1, what="two operator replicas ready")
+    image = [[[0.5] * 3] * 64] * 64
+    acked: set[str] = set()
+    labelled: set[str] = set()
+
+    def send(prefix: str, count: int, to: list[dict]) -> None:
+        for i in range(count):
+            puid = f"{prefix}{i}"
+            hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+                    "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
+                    "Ce-Specversion": "1.0"}
+            answer = {"data": {"names": ["bad", "good"], "ndarray": [[0.2, 0.8]]},
+                      "meta": {"tags": {"trellis.features": [[float(i), 1.0]],
+                                        "trellis.version": 1}}}
+            first, second = to[i % len(to)], to[(i + 1) % len(to)]
+            codes = [_post(first, "/", {"data": {"ndarray": [image]}},
+                           {**hdrs, "Ce-Type": "io.seldon.serving.inference.request"}),
+                     _post(second, "/", answer,
+                           {**hdrs, "Ce-Type": "io.seldon.serving.inference.response"})]
+            if i % 2 == 0:
+                codes.append(_post(first, f"/feedback/{ns}/classifier",
+                                   {"puid": puid, "label": 1}))
+                labelled.add(puid)
+            assert codes == [202] * len(codes), (puid, codes)
+            acked.add(puid)
+
+    s3 = _s3(node_cluster, ns)
+    send("before", 20, pods)
+    wait_for(lambda: _logged_in_s3(s3, ns)[:2] == (acked, labelled), timeout=60, interval=1,
+             what="every acknowledged prediction in the drift log's copy")
+    active = [p for p in pods if _reconciles(p) > 0]
+    assert len(active) == 1, [p["metadata"]["name"] for p in active]
+    survivor = next(p for p in pods if p is not active[0])
+    send("last", 10, pods)
+    node_cluster.kubectl("delete", "pod", active[0]["metadata"]["name"], "-n", SYSTEM_NS,
+                         "--force", "--grace-period=0")
+    send("standby", 6, [survivor])
+    wait_for(lambda: _reconciles(survivor) > 0, timeout=150, interval=2,
+             what="the survivor reconciling")
+    wait_for(lambda: _logged_in_s3(s3, ns)[:2] == (acked, labelled), timeout=60, interval=1,
+             what="every acknowledged prediction in the new leader's log")
+    keys = _logged_in_s3(s3, ns)[2]
+    assert all(f"-{survivor['metadata']['name']}/" in k for k in keys), keys
+    inbox = s3.list_objects_v2(Bucket="trellis", Prefix=f"requestlog/inbox/{ns}/")
+    assert inbox.get("KeyCount", 0) == 0
+    logging = condition(node_cluster.get("mdep", "classifier", ns), "RequestLogging")
+    assert logging is not None and logging["status"] == "True"
     node_cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -85,6 +85,37 @@ def test_local_objects_round_trip(tmp_path: Path) -> None:
         store.read(str(tmp_path / "missing"))
 
 
+def test_local_listing_and_deleting(tmp_path: Path) -> None:
+    store = ObjectStore()
+    for name in ("d/b/2.json", "d/a.json", "other.json"):
+        store.write(str(tmp_path / name), b"x")
+    (tmp_path / "d" / ".a.json.123.tmp").write_bytes(b"half")  # a write under way
+    assert store.list(str(tmp_path / "d")) == [str(tmp_path / "d/a.json"),
+                                                str(tmp_path / "d/b/2.json")]
+    assert store.list(str(tmp_path / "nothing-here")) == []
+    store.delete([str(tmp_path / "d/a.json"), str(tmp_path / "d/gone.json")])
+    assert store.list(str(tmp_path / "d")) == [str(tmp_path / "d/b/2.json")]
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_s3_listing_pages_and_deleting_in_batches() -> None:
+    store = ObjectStore("http://127.0.0.1:9")
+    stub = Stubber(store.client())
+    stub.add_response("list_objects_v2", {"Contents": [{"Key": "rl/inbox/a"}],
+                                          "IsTruncated": True, "NextContinuationToken": "t"},
+                      {"Bucket": "b", "Prefix": "rl/inbox/"})
+    stub.add_response("list_objects_v2", {"Contents": [{"Key": "rl/inbox/b"}],
+                                          "IsTruncated": False},
+                      {"Bucket": "b", "Prefix": "rl/inbox/", "ContinuationToken": "t"})
+    stub.add_response("delete_objects", {"Errors": [{"Key": "rl/inbox/a", "Code": "SlowDown",
+                                                     "Message": "busy"}]})
+    with stub:
+        assert store.list("s3://b/rl/inbox") == ["s3://b/rl/inbox/a", "s3://b/rl/inbox/b"]
+        with pytest.raises(ObjectStoreError, match="SlowDown") as err:
+            store.delete(["s3://b/rl/inbox/a", "s3://b/rl/inbox/b"])
+    assert err.value.transient
+
+
 def stubbed(store: ObjectStore, code: str, status: int) -> Stubber:
     """The store's client answering its next get_object with an S3 error."""
     client = store.client()

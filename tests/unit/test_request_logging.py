@@ -41,7 +41,7 @@ def test_full_log_is_false_logfull_and_recovers() -> None:
 
 
 def test_the_message_names_the_writer_and_what_drift_checks_use() -> None:
-    state = LogState(True, 3, 0, 1048000, 1048576, writer="request-log receiver")
+    state = LogState(True, 3, 0, 1048000, 1048576, writer="active operator replica")
     cond = conditions.find(logging_conditions(None, state, 1), "RequestLogging")
-    assert cond is not None and "since the request-log receiver started" in cond["message"]
+    assert cond is not None and "since the active operator replica started" in cond["message"]
     assert "drift checks use what was logged" in cond["message"]
