@@ -425,7 +425,10 @@ def _logged_in_s3(s3: Any, ns: str) -> tuple[set[str], set[str], list[str]]:
     puids: set[str] = set()
     labelled: set[str] = set()
     for key in keys:
-        body = s3.get_object(Bucket="trellis", Key=key)["Body"].read()
+        try:
+            body = s3.get_object(Bucket="trellis", Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:  # the active replica rewrote it since the listing:
+            continue  # this look is incomplete, and the caller's wait looks again
         if key.endswith(".npz"):
             with np.load(io.BytesIO(body)) as z:
                 puids.update(str(p) for p in z["puid"])
