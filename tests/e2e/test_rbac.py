@@ -447,9 +447,10 @@ def test_operator_works_with_exactly_the_manifests_role(env: Env) -> None:
     out = run_scenario(env, BASELINE_S)
     assert out.unmet == {}, f"{out.unmet}\n{out.log[-4000:]}"
     assert forbidden_lines(out.log) == [], forbidden_lines(out.log)[:5]
-    # The work shows on the operator's /metrics: one commit synced, two Jobs launched.
-    assert out.metrics['trellis_spec_syncs_total{result="synced"}'] == 1
-    assert out.metrics['trellis_training_runs_total{outcome="started"}'] == 2
+    # The work shows on the operator's /metrics: the commit synced (once more when the
+    # webhook's sync ends before the scrape), three Jobs launched.
+    assert out.metrics['trellis_spec_syncs_total{result="synced"}'] in (1, 2)
+    assert out.metrics['trellis_training_runs_total{outcome="started"}'] == 3
     assert out.metrics['trellis_reconciles_total{kind="ModelDeployment",result="success"}'] >= 1
     print(f"\nbaseline: {env.timings}")
 
