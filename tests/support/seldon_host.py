@@ -227,9 +227,10 @@ class SeldonHost:
         finally:
             for _, model, _ in starting:  # a start failed: the others never served
                 terminate(model.pid, STOP_GRACE_S)
-        for name in [n for n in self.procs if n not in wanted]:
-            self._stop(self.procs.pop(name))
-        self._publish(sdep)
+        gone = [self.procs.pop(n) for n in [n for n in self.procs if n not in wanted]]
+        self._publish(sdep)  # no traffic, no scrapes for what goes ...
+        for procs in gone:
+            self._stop(procs)  # ... before it stops
 
     def model_dir(self, predictor: dict[str, Any]) -> Path:
         """Where the storage initializer would have put ``modelUri``: here, a directory
@@ -319,10 +320,11 @@ class SeldonHost:
 class Ingress:
     """A steady request stream split by weight (smooth weighted round robin, so a 10%
     predictor gets every tenth request), paced to ``rate`` per second, one request at a
-    time. A predictor with a weight but no running pods answers 503, as Envoy does for a
-    route with no healthy upstream. ``feedback_every`` > 0 follows every n-th successful
-    prediction with a feedback call to the same predictor (which Seldon's executor counts
-    on the same histogram under ``service="feedback"``)."""
+    time. Each predictor goes through the bodies in the same order, so their predicted
+    classes compare like for like. A predictor with a weight but no running pods answers
+    503, as Envoy does for a route with no healthy upstream. ``feedback_every`` > 0
+    follows every n-th successful prediction of a predictor with a feedback call to it
+    (which Seldon's executor counts on the same histogram, ``service="feedback"``)."""
 
     def __init__(self, bodies: Sequence[bytes], rate: float = 20.0, feedback_every: int = 0,
                  timeout_s: float = 10.0) -> None:
@@ -374,20 +376,19 @@ class Ingress:
             return name, self._routes[name][0]
 
     def _run(self) -> None:
-        n = 0
+        served: Counter[str] = Counter()
         while not self._stopped.is_set():
             self._running.wait()
             started = time.monotonic()
             picked = self._pick()
             if picked is not None:
                 name, url = picked
-                code = 503 if url is None else post(url + PREDICT,
-                                                    self.bodies[n % len(self.bodies)],
-                                                    self.timeout_s)
+                body = self.bodies[served[name] % len(self.bodies)]
+                served[name] += 1
+                code = 503 if url is None else post(url + PREDICT, body, self.timeout_s)
                 self.sent[(name, "predictions", code)] += 1
-                n += 1
                 if url is not None and code == 200 and self.feedback_every and \
-                        n % self.feedback_every == 0:
+                        served[name] % self.feedback_every == 0:
                     code = post(url + FEEDBACK, b'{"reward": 1.0}', self.timeout_s)
                     self.sent[(name, "feedback", code)] += 1
             time.sleep(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
