@@ -42,10 +42,12 @@ install: env serving-env
 
 # etcd, kube-apiserver, kubectl and the node's kubelet, controller-manager, scheduler
 # and kube-proxy, and SeaweedFS's weed (the S3 server of `dev-cluster up --s3`), built once
-# from Go modules into ~/.cache/trellis.
+# from Go modules into ~/.cache/trellis; Prometheus (the tests' canary metrics), Debian's
+# package unpacked there (apt-get download + dpkg -x: nothing installed, no service).
 cluster-binaries: env
 	$(VENV)/bin/python -c "from controller.devcluster import binaries; \
-	    binaries.ensure_all(); binaries.ensure_node(); binaries.ensure_weed()"
+	    binaries.ensure_all(); binaries.ensure_node(); binaries.ensure_weed(); \
+	    binaries.ensure_prometheus()"
 
 # containerd, runc, CNI plugins, buildah, ... from Debian (as root; once).
 node-deps:

@@ -1,10 +1,12 @@
-"""Find or build the dev cluster's binaries (etcd, kube-apiserver, kubectl, node, weed).
+"""Find or build the dev cluster's binaries (etcd, kube-apiserver, kubectl, node, weed),
+and fetch the tests' Prometheus.
 
 Lookup order follows controller-runtime's envtest: ``TEST_ASSET_<NAME>``, then
 ``$KUBEBUILDER_ASSETS/<name>``, then our own per-version cache. A cache miss builds
 the binary from Go modules in a throw-away wrapper module outside the repository:
 ``k8s.io/kubernetes`` is only consumable as a module when every staging module it
-requires at ``v0.0.0`` is replaced by the matching published ``v0.X.Y``.
+requires at ``v0.0.0`` is replaced by the matching published ``v0.X.Y``. Prometheus is
+not built: it is Debian's package, unpacked into the cache without being installed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +29,11 @@ GO_DIRECTIVE = "1.24"
 # SeaweedFS (the dev cluster's S3 server, `--s3`): the module version the proxy serves.
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 SEAWEEDFS_MODULE = "github.com/seaweedfs/seaweedfs"
+# Prometheus (canary analysis' metrics server in tests): the upstream version of Debian
+# bookworm's package (2.42.0+ds-5+deb12uN), fetched with `apt-get download` and unpacked
+# with `dpkg -x`, never installed: its postinst would add a user and start a service.
+PROMETHEUS_VERSION = "2.42.0"
+PROMETHEUS_PACKAGE = "prometheus"
 
 NAMES = ("etcd", "kube-apiserver", "kubectl")
 # What a node adds: built from the same module set, so every component reports one version.
@@ -49,6 +57,18 @@ def weed_cache_dir() -> Path:
     return cache_root() / f"seaweedfs-{SEAWEEDFS_VERSION}"
 
 
+def prometheus_cache_dir() -> Path:
+    return cache_root() / f"prometheus-{PROMETHEUS_VERSION}"
+
+
+def _cache_bin(name: str) -> Path:
+    if name == "weed":
+        return weed_cache_dir() / "bin" / name
+    if name == "prometheus":
+        return prometheus_cache_dir() / "bin" / name
+    return cache_dir() / "bin" / name
+
+
 def _env_asset(name: str) -> Path | None:
     explicit = os.environ.get("TEST_ASSET_" + name.upper().replace("-", "_"))
     if explicit:
@@ -64,7 +84,7 @@ def locate(name: str) -> Path | None:
     found = _env_asset(name)
     if found is not None:
         return found
-    cached = (weed_cache_dir() if name == "weed" else cache_dir()) / "bin" / name
+    cached = _cache_bin(name)
     return cached if cached.is_file() else None
 
 
@@ -97,6 +117,15 @@ def ensure_weed(log=sys.stderr) -> Path:
             if locate("weed") is None:
                 _build_weed(log)
     return _located(("weed",))["weed"]
+
+
+def ensure_prometheus(log=sys.stderr) -> Path:
+    """Debian's ``prometheus`` binary in the cache, fetched once (see ``_fetch_prometheus``)."""
+    if locate("prometheus") is None:
+        with _build_lock(prometheus_cache_dir()):
+            if locate("prometheus") is None:
+                _fetch_prometheus(log)
+    return _located(("prometheus",))["prometheus"]
 
 
 def _located(names: tuple[str, ...]) -> dict[str, Path]:
@@ -255,3 +284,51 @@ def _build_weed(log) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _run([_go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "weed"),
           f"{SEAWEEDFS_MODULE}/weed"], work, log, nice=True)
+
+
+def apt_candidate(policy: str) -> str | None:
+    """The version ``apt-cache policy PACKAGE`` would install (None: no candidate)."""
+    match = re.search(r"^\s*Candidate:\s*(\S+)", policy, re.M)
+    return None if match is None or match.group(1) == "(none)" else match.group(1)
+
+
+def upstream_version(debian_version: str) -> str:
+    """``2.42.0`` out of ``2.42.0+ds-5+deb12u1`` (epoch, repack suffix and revision off)."""
+    version = debian_version.split(":", 1)[-1]
+    return re.split(r"[+~-]", version, maxsplit=1)[0]
+
+
+def _fetch_prometheus(log) -> None:
+    """``apt-get download`` the package (as any user; lists refreshed once as root when
+    they know no candidate), ``dpkg -x`` it into a scratch dir and keep the binary and its
+    copyright under ``prometheus-<version>/``."""
+    root = os.geteuid() == 0
+    policy = _run(["apt-cache", "policy", PROMETHEUS_PACKAGE], Path("/"), log)
+    if apt_candidate(policy) is None and root:
+        _run(["apt-get", "update", "-qq"], Path("/"), log)
+        policy = _run(["apt-cache", "policy", PROMETHEUS_PACKAGE], Path("/"), log)
+    candidate = apt_candidate(policy)
+    if candidate is None or upstream_version(candidate) != PROMETHEUS_VERSION:
+        raise BinaryError(
+            f"apt offers {PROMETHEUS_PACKAGE} {candidate or 'in no version'}, not "
+            f"{PROMETHEUS_VERSION}: run apt-get update on Debian 12 (bookworm), or set "
+            "TEST_ASSET_PROMETHEUS to a prometheus 2.42 binary")
+    out = prometheus_cache_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix="fetch-") as tmp:
+        work = Path(tmp)
+        # root downloads unsandboxed (the cache is not _apt's to write), as apt would after
+        # warning; the package is still checked against the archive's signed index.
+        sandbox = ["-o", "APT::Sandbox::User=root"] if root else []
+        _run(["apt-get", "download", *sandbox, f"{PROMETHEUS_PACKAGE}={candidate}"], work, log)
+        [deb] = work.glob(f"{PROMETHEUS_PACKAGE}_*.deb")
+        _run(["dpkg", "-x", str(deb), str(work / "root")], work, log)
+        binary = work / "root" / "usr" / "bin" / "prometheus"
+        said = _run([str(binary), "--version"], work, log)
+        if f"version {PROMETHEUS_VERSION}" not in said:
+            raise BinaryError(f"{deb.name} holds another Prometheus: {said.splitlines()[:1]}")
+        (out / "share").mkdir(exist_ok=True)
+        shutil.copy2(work / "root" / "usr" / "share" / "doc" / "prometheus" / "copyright",
+                     out / "share" / "copyright")
+        (out / "bin").mkdir(exist_ok=True)
+        os.replace(binary, out / "bin" / "prometheus")

@@ -1,20 +1,24 @@
-"""Seldon mode: the SeldonDeployment on the API server at every step of a rollout.
+"""Seldon mode: the SeldonDeployment on the API server at every step of a rollout, each
+step decided by real PromQL.
 
-No Seldon Core operator runs here, so the test plays its two roles that the rollout
-depends on: it writes the SeldonDeployment's status as Seldon 1.17.1 does (Available,
-Failed, its address), and it records the executor metrics (served by a Prometheus
-stand-in that evaluates the operator's real queries).
+No Seldon Core operator runs here, so the test plays its roles: it writes the
+SeldonDeployment's status as Seldon 1.17.1 does (``tests.support.seldon``) and runs what
+its pods would (``tests.support.seldon_host``): per predictor a real model server behind
+the executor's metrics stand-in, scraped every second by a real Prometheus, with an
+ingress splitting a steady stream of requests by the predictors' weights. The operator's
+canary analysis queries that Prometheus as it would a cluster's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.fake_prometheus import FakePrometheus
 from tests.support.kube import Cluster, OperatorProcess, condition, wait_for
+from tests.support.prometheus import Prometheus
 from tests.support.seldon import (
     address,
     install_crd,
@@ -24,20 +28,13 @@ from tests.support.seldon import (
     predictors,
     register,
     setup_objects,
-    traffic,
     wait_predictors,
 )
+from tests.support.seldon_host import Ingress, SeldonHost, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
-
-@pytest.fixture
-def prometheus(monkeypatch: pytest.MonkeyPatch, namespace: str) -> Iterator[FakePrometheus]:
-    # the namespace label, as a PodMonitor or the kubernetes-pods scrape adds it
-    prom = FakePrometheus(common_labels={"namespace": namespace}).start()
-    monkeypatch.setenv("TRELLIS_PROMETHEUS_URL", prom.url)
-    yield prom
-    prom.stop()
+EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
 
 
 @pytest.fixture
@@ -57,11 +54,26 @@ def seldon_crd(cluster: Cluster) -> None:
     install_crd(cluster)
 
 
+def passes(analyses: list[dict]) -> list[dict]:
+    return [a for a in analyses if a["verdict"] == "pass"]
+
+
+def failed_share(message: str) -> tuple[int, int]:
+    """(errors, requests) out of a rejection's "(E/R requests failed)"."""
+    match = re.search(r"\((\d+)/(\d+) requests failed\)", message)
+    assert match, message
+    return int(match.group(1)), int(match.group(2))
+
+
+def operator_queries(prom: Prometheus) -> list[str]:
+    return [q for q in prom.queries() if "deployment_name=" in q]
+
+
 def test_rollout_and_rollback_drive_the_seldondeployment(
-        cluster: Cluster, namespace: str, seldon_crd: None, prometheus: FakePrometheus,
-        gateway: str, operator: None) -> None:
+        cluster: Cluster, namespace: str, seldon_crd: None, prometheus: Prometheus,
+        seldon_host: SeldonHost, ingress: Ingress, gateway: str, operator: None) -> None:
     setup_objects(cluster, namespace)
-    wait_predictors(cluster, namespace, [("stable", "v1", 100)])
+    wait_predictors(cluster, namespace, [("stable", "v1", 100)], host=seldon_host)
     sdep = cluster.get("sdep", "classifier", namespace)
     owner = sdep["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "ModelDeployment" and owner["controller"] is True
@@ -73,6 +85,7 @@ def test_rollout_and_rollback_drive_the_seldondeployment(
     # the split is served by the gateway, never at Seldon's predictor address + the path
     assert mdep_status(cluster, namespace)["endpoint"] == (
         f"{gateway}/seldon/{namespace}/classifier/api/v1.0/predictions")
+    ingress.start()  # townsfolk send photos from now on, feedback on every second answer
 
     register(cluster, namespace, 1, 2)  # a better v2 arrives: canary starts by itself
     # Seldon has not taken the new predictor yet: its old Available is not believed
@@ -83,49 +96,60 @@ def test_rollout_and_rollback_drive_the_seldondeployment(
              what="Ready=False Deploying while Seldon's status is stale")
     assert "previous" in ready(cluster, namespace)[2]
     assert mdep_status(cluster, namespace)["seldonWrite"]["resourceVersion"]
-    wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v2", 10)])
+    wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v2", 10)],
+                    host=seldon_host)
+    # each step waits for its own window's requests (the canary's first ones reach
+    # Prometheus only once it discovered the new pod: a few seconds)
     for stable_w, canary_w in ((50, 50), (0, 100)):
-        # failed feedback calls are not predictions; a restarted canary pod resets counters
-        traffic(prometheus, 2, 1, feedback_errors=30)
-        prometheus.restart("canary", 2)
-        traffic(prometheus, 2, 1)
         wait_predictors(cluster, namespace, [("stable", "v1", stable_w),
-                                             ("canary", "v2", canary_w)])
-    traffic(prometheus, 2, 1)
-    wait_predictors(cluster, namespace, [("stable", "v2", 100)])
+                                             ("canary", "v2", canary_w)],
+                        timeout=60, host=seldon_host)
+    wait_predictors(cluster, namespace, [("stable", "v2", 100)], timeout=60,
+                    host=seldon_host)
     st = mdep_status(cluster, namespace)
     assert st["stableVersion"] == "v2" and "canary" not in st
     assert st["rollouts"][-1]["outcome"] == "promoted"
-    assert [a["weight"] for a in st["rollouts"][-1]["analyses"]] == [10, 50, 100]
-    # feedback errors left out; a reset counter still counted from where it restarted
-    assert all(a["errorRate"] == 0 and a["requests"] >= 20
-               for a in st["rollouts"][-1]["analyses"])
-    assert all('service="predictions"' in q and "increase(" in q
-               for q in prometheus.queries if "seldon_api_executor" in q)
-    assert all(f'namespace="{namespace}"' in q for q in prometheus.queries)
+    passed = passes(st["rollouts"][-1]["analyses"])
+    assert [a["weight"] for a in passed] == [10, 50, 100]
+    assert all(a["errorRate"] == 0 and a["requests"] >= 10 and a["latencyP99Ms"] < 500
+               for a in passed), passed
+    assert ingress.count("canary", "feedback", 200) > 0  # on the same histogram ...
+    queries = operator_queries(prometheus)
+    assert queries and all('service="predictions"' in q and "increase(" in q
+                           for q in queries if "seldon_api_executor" in q)  # ... left out
+    assert all(f'namespace="{namespace}"' in q for q in queries)
 
-    register(cluster, namespace, 1, 2, 3)  # a bad v3: errors on a third of requests
-    wait_predictors(cluster, namespace, [("stable", "v2", 90), ("canary", "v3", 10)])
-    traffic(prometheus, 3, 2, errors=10)
-    wait_predictors(cluster, namespace, [("stable", "v2", 100)])
+    register(cluster, namespace, 1, 2, 3)  # a bad v3: its model fails half its inputs
+    wait_predictors(cluster, namespace, [("stable", "v2", 90), ("canary", "v3", 10)],
+                    host=seldon_host)
+    wait_predictors(cluster, namespace, [("stable", "v2", 100)], timeout=60,
+                    host=seldon_host)
     obj = cluster.get("mdep", "classifier", namespace)
     st = obj["status"]
-    assert st["rejectedVersions"][0]["version"] == 3
-    assert "error rate" in st["rejectedVersions"][0]["message"]
+    rejected = st["rejectedVersions"][0]
+    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"]
+    errors, requests = failed_share(rejected["message"])
+    # the few requests a 10% step gets are not an even sample of the inputs: the rate is
+    # anywhere well above the threshold, not exactly a half
+    assert errors >= 3 and errors / requests >= 0.2, rejected["message"]
+    assert st["rollouts"][-1]["outcome"] == "rolledBack"
+    assert not passes(st["rollouts"][-1]["analyses"])  # never advanced past its first step
     rolled = condition(obj, "RolledBack")
     assert rolled["status"] == "True" and "v3" in rolled["message"]
     events = cluster.kubectl("get", "events", "-n", namespace).stdout
     assert "CanaryRolledBack" in events and "CanaryPromoted" in events
     # a rejected version is not retried under `latest`
     register(cluster, namespace, 1, 2, 3)
-    traffic(prometheus, 3, 2)
+    time.sleep(4)  # two analysis intervals
     assert predictors(cluster, namespace) == [("stable", "v2", 100)]
 
     # v4's pods never come up: Seldon says Failed, and the canary goes back to stable
     register(cluster, namespace, 1, 2, 3, 4)
-    wait_predictors(cluster, namespace, [("stable", "v2", 90), ("canary", "v4", 10)])
+    wait_predictors(cluster, namespace, [("stable", "v2", 90), ("canary", "v4", 10)],
+                    host=seldon_host)
+    assert "canary" in seldon_host.missing
     mark_failed(cluster, namespace)
-    wait_predictors(cluster, namespace, [("stable", "v2", 100)])
+    wait_predictors(cluster, namespace, [("stable", "v2", 100)], host=seldon_host)
     st = mdep_status(cluster, namespace)
     assert st["rejectedVersions"][-1]["version"] == 4
     assert "Deployment is no longer progressing" in st["rejectedVersions"][-1]["message"]
@@ -150,43 +174,124 @@ def test_rollout_and_rollback_drive_the_seldondeployment(
              what="Serving once Seldon recovers")
 
 
+@pytest.mark.parametrize("namespace_label", ["kubernetes_namespace"])  # Seldon's analytics
+def test_a_restarted_executor_does_not_hide_the_canarys_errors(
+        cluster: Cluster, namespace: str, namespace_label: str, seldon_crd: None,
+        prometheus: Prometheus, seldon_host: SeldonHost, request_bodies: list[bytes],
+        operator: None) -> None:
+    """v3 errs on half its requests; its executor restarts mid-step and counts from zero.
+    Only ``increase()`` across the reset sees enough errors to fail the step: the
+    restarted process alone saw too few requests for any verdict (2 of 4 failed), and so
+    did the window before the restart. The scrape here names the namespace label
+    ``kubernetes_namespace``, and the operator is configured for it."""
+    setup_objects(cluster, namespace, interval="10s")  # one analysis after both halves
+    wait_predictors(cluster, namespace, [("stable", "v1", 100)], host=seldon_host)
+    mark_available(cluster, namespace)
+    register(cluster, namespace, 1, 3)
+    wait_for(lambda: predictors(cluster, namespace) == [("stable", "v1", 90),
+                                                        ("canary", "v3", 10)],
+             timeout=30, what="the canary predictor")
+    seldon_host.sync(cluster.get("sdep", "classifier", namespace))
+    canary = seldon_host.procs["canary"]
+    # which inputs v3 fails, asked of its model server directly (nothing counts that)
+    model = f"http://{canary.model.address}/predict"
+    failing = [b for b in request_bodies if post(model, b) == 500]
+    passing = [b for b in request_bodies if b not in failing]
+    assert len(failing) >= 4 and len(passing) >= 4
+
+    def send(n_fail: int, n_pass: int) -> None:
+        for body in failing[:n_fail] + passing[:n_pass]:
+            post(f"{canary.url}/api/v1.0/predictions", body)
+
+    def scraped(code: str, value: float) -> None:
+        prometheus.wait_value(
+            f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="{code}"}}',
+            lambda v: v == value, timeout=60, what=f"the canary's {code}s at {value:g}")
+
+    send(1, 1)  # before the step's window: its series exist from here on, as in a cluster
+    scraped("500", 1)
+    wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v3", 10)],
+                    host=seldon_host)
+    started = time.time()
+    # increase() reads the samples inside the window: its first scrape must precede the
+    # requests it is to count (with steady traffic that loss is a scrape interval's worth)
+    prometheus.wait_value(
+        f'timestamp({EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",'
+        f'code="500"}})', lambda t: t is not None and t > started, what="a scrape in the window")
+    send(2, 2)
+    scraped("500", 3)
+    seldon_host.restart_executor("canary")  # its counters begin again at zero
+    send(2, 2)
+    scraped("500", 2)
+    assert time.time() - started < 10, "the restart came after the step's analysis"
+    wait_for(lambda: predictors(cluster, namespace) == [("stable", "v1", 100)], timeout=60,
+             what="v3 rolled back")
+    st = mdep_status(cluster, namespace)
+    rejected = st["rejectedVersions"][-1]
+    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"]
+    errors, requests = failed_share(rejected["message"])
+    assert errors >= 3 and requests >= 6, rejected["message"]  # both halves counted
+    assert all(a["verdict"] == "inconclusive" for a in st["rollouts"][-1]["analyses"][:-1])
+    assert all(f'{namespace_label}="{namespace}"' in q for q in operator_queries(prometheus))
+
+
 def test_operator_killed_mid_rollout_resumes_at_the_same_step(
-        cluster: Cluster, namespace: str, seldon_crd: None, prometheus: FakePrometheus,
-        operator_env: dict[str, str], tmp_path: Path) -> None:
+        cluster: Cluster, namespace: str, seldon_crd: None, prometheus: Prometheus,
+        seldon_host: SeldonHost, ingress: Ingress, operator_env: dict[str, str],
+        tmp_path: Path) -> None:
     env = {**operator_env, "TRELLIS_PROMETHEUS_URL": prometheus.url}
     first = OperatorProcess(env, tmp_path / "op1.log", ["-n", namespace]).start()
     try:
         setup_objects(cluster, namespace)
-        wait_predictors(cluster, namespace, [("stable", "v1", 100)], timeout=60)
+        wait_predictors(cluster, namespace, [("stable", "v1", 100)], timeout=60,
+                        host=seldon_host)
         mark_available(cluster, namespace)
         # no gateway configured: Seldon's own address, as is (it bypasses the split)
         wait_for(lambda: mdep_status(cluster, namespace).get("endpoint") == address(namespace),
                  timeout=30, what="the predictor's address as the endpoint")
+        ingress.start()
         register(cluster, namespace, 1, 2)
-        wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v2", 10)])
-        traffic(prometheus, 2, 1)
-        wait_predictors(cluster, namespace, [("stable", "v1", 50), ("canary", "v2", 50)])
+        wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v2", 10)],
+                        host=seldon_host)
+        wait_for(lambda: predictors(cluster, namespace) == [("stable", "v1", 50),
+                                                            ("canary", "v2", 50)],
+                 timeout=60, what="the 50% step")
+        ingress.pause()  # the town sleeps: the 50% step's window stays (almost) empty
+        wait_predictors(cluster, namespace, [("stable", "v1", 50), ("canary", "v2", 50)],
+                        host=seldon_host)
         first.kill()
     finally:
         first.stop()
     step_before = mdep_status(cluster, namespace)["canary"]
+    restarted = time.time()
     second = OperatorProcess(env, tmp_path / "op2.log", ["-n", namespace]).start()
     try:
-        # no traffic recorded: the restarted operator analyses the step, finds it
+        # too few requests: the restarted operator analyses the step, finds it
         # inconclusive and holds it, neither resetting to 10% nor jumping to 100%
         def held():
             canary = mdep_status(cluster, namespace).get("canary") or {}
-            return any(a["verdict"] == "inconclusive" for a in canary.get("analyses", []))
+            return any(a["verdict"] == "inconclusive" and a["weight"] == 50
+                       and _epoch(a["at"]) >= int(restarted)
+                       for a in canary.get("analyses", []))
         wait_for(held, timeout=30, what="an inconclusive analysis after the restart")
         assert predictors(cluster, namespace) == [("stable", "v1", 50), ("canary", "v2", 50)]
         canary = mdep_status(cluster, namespace)["canary"]
-        assert (canary["step"], canary["weight"], canary["startedAt"]) == (
-            step_before["step"], step_before["weight"], step_before["startedAt"])
-        traffic(prometheus, 2, 1)
-        wait_predictors(cluster, namespace, [("stable", "v1", 0), ("canary", "v2", 100)])
-        traffic(prometheus, 2, 1)
-        wait_predictors(cluster, namespace, [("stable", "v2", 100)])
+        kept = ("step", "weight", "startedAt", "baseline")  # the window runs on
+        assert {k: canary[k] for k in kept} == {k: step_before[k] for k in kept}
+        ingress.resume()
+        wait_predictors(cluster, namespace, [("stable", "v1", 0), ("canary", "v2", 100)],
+                        timeout=60, host=seldon_host)
+        wait_predictors(cluster, namespace, [("stable", "v2", 100)], timeout=60,
+                        host=seldon_host)
     finally:
         second.stop()
     analyses = mdep_status(cluster, namespace)["rollouts"][-1]["analyses"]
-    assert [a["weight"] for a in analyses if a["verdict"] == "pass"] == [10, 50, 100]
+    assert [a["weight"] for a in passes(analyses)] == [10, 50, 100]
+
+
+def _epoch(iso: str) -> float:
+    from controller.conditions import parse_time
+
+    when = parse_time(iso)
+    assert when is not None
+    return when.timestamp()

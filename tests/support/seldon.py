@@ -1,9 +1,10 @@
 """Seldon mode without Seldon Core: the test plays its part on the API server.
 
 No Seldon Core operator runs here, so tests install a minimal SeldonDeployment CRD,
-register model versions on the Experiment's status by hand (nothing trains), mark the
-SeldonDeployment Available (or Failed) with the status Seldon 1.17.1 writes, and record
-executor metrics in a Prometheus stand-in (``tests.support.fake_prometheus``).
+register model versions on the Experiment's status by hand (nothing trains) and mark the
+SeldonDeployment Available (or Failed) with the status Seldon 1.17.1 writes. What its pods
+would run (model servers behind the executor's metrics, scraped by a real Prometheus) is
+``tests.support.seldon_host``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.support.fake_prometheus import FakePrometheus
 from tests.support.kube import Cluster, wait_for
+from tests.support.seldon_host import SeldonHost
 from tests.support.specs import base
 
 CRD = Path(__file__).resolve().parent / "crds" / "seldondeployment.yaml"
@@ -36,7 +37,7 @@ def register(cluster: Cluster, ns: str, *versions: int,
 
 
 def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = None,
-                  reference_uri: str | None = None) -> None:
+                  reference_uri: str | None = None, interval: str = "2s") -> None:
     """An Experiment with v1 registered and a seldon-backend ModelDeployment of it."""
     exp = base("Experiment")
     exp["spec"]["flow"]["file"] = "flows/not-here.py"  # nothing trains in these tests
@@ -44,7 +45,7 @@ def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = N
     register(cluster, ns, 1, reference_uri=reference_uri)
     mdep = base("ModelDeployment")
     mdep["spec"]["backend"] = "seldon"
-    mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": "2s",
+    mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": interval,
                               "analysis": {"minRequests": 10, "maxErrorRate": 0.05,
                                            "maxLatencyP99Ms": 500, "maxPredictionShift": 0.3}}
     mdep["spec"]["drift"] = drift or {"enabled": False}
@@ -98,14 +99,17 @@ def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
 
 
 def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
-                    timeout: float = 30) -> None:
-    """Wait for the SeldonDeployment's traffic split and, mid-rollout, have Seldon report
-    it Available, then wait for the step to be on status with its window's start: traffic
-    recorded before that would fall outside the step's window, as requests do in a real
-    cluster in the moment between a weight change and the step's start.
+                    timeout: float = 30, host: SeldonHost | None = None) -> None:
+    """Wait for the SeldonDeployment's traffic split; have ``host`` run its predictors (as
+    Seldon's operator would roll out their pods) and, mid-rollout, have Seldon report it
+    Available, then wait for the step to be on status with its window's start: requests
+    served before that fall outside the step's window, as they do in a real cluster in
+    the moment between a weight change and the step's start.
     """
     wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
              what=f"predictors {expected}")
+    if host is not None:
+        host.sync(cluster.get("sdep", "classifier", ns))
     weights = dict((name, weight) for name, _, weight in expected)
     if "canary" in weights:
         mark_available(cluster, ns)
@@ -113,12 +117,3 @@ def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, in
             canary = mdep_status(cluster, ns).get("canary") or {}
             return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
         wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
-
-
-def traffic(prom: FakePrometheus, canary: int, stable: int, *, errors: int = 0,
-            canary_latency: float = 0.02, feedback_errors: int = 0) -> None:
-    """A window's worth of requests to both predictors, as Seldon's executor counts them
-    (failed feedback calls land on the same histogram, under ``service="feedback"``)."""
-    prom.record("canary", canary, ok=20, errors=errors, latency_s=canary_latency,
-                feedback_errors=feedback_errors)
-    prom.record("stable", stable, ok=80)
