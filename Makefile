@@ -13,10 +13,11 @@ export UV_PYTHON_DOWNLOADS := never
 export METAFLOW_USER ?= trellis
 
 .PHONY: help install env serving-env cluster-binaries node-deps lint test test-images \
-	test-unit demo bench chaos clean
+	test-unit demo demo-cluster bench chaos clean
 
 help:
 	@echo "make demo   - the pumpkin farm's whole story (dev cluster, operator, report)"
+	@echo "make demo-cluster - its first chapter in cluster mode (node, operator pods, S3)"
 	@echo "make test   - install everything, lint, run the whole test suite"
 	@echo "make bench  - benchmarks -> bench/results.json"
 	@echo "make chaos  - the fault harness alone (operator kills, API server restarts, etcd outages)"
@@ -75,6 +76,11 @@ test-unit: env
 demo: install cluster-binaries
 	$(VENV)/bin/trellis demo
 
+# Cluster mode: a dev cluster with a real node and S3, the images built here, the
+# operator as pods, training in a pod, the model in S3 -> demo-report-cluster/.
+demo-cluster: install cluster-binaries node-deps
+	$(VENV)/bin/trellis demo --cluster
+
 bench: install cluster-binaries
 	$(VENV)/bin/python bench/run.py --out bench/results.json
 
@@ -85,4 +91,4 @@ chaos: install cluster-binaries
 
 clean:
 	-$(VENV)/bin/trellis dev-cluster down
-	rm -rf .trellis demo-report
+	rm -rf .trellis demo-report demo-report-cluster

@@ -205,8 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(fn=_plan)
 
     de = sub.add_parser("demo", help="the pumpkin farm's whole story, unattended")
-    de.add_argument("--workdir", default=".trellis/demo")
-    de.add_argument("--report", default="demo-report")
+    de.add_argument("--workdir", help="default .trellis/demo (cluster mode: "
+                    ".trellis/demo-cluster)")
+    de.add_argument("--report", help="default demo-report (cluster mode: "
+                    "demo-report-cluster)")
+    de.add_argument("--cluster", action="store_true",
+                    help="cluster mode: a dev cluster with a node and S3, the operator as "
+                         "pods, training in a pod, the model in S3 (no serving: Seldon "
+                         "Core's operator cannot run here)")
     de.set_defaults(fn=_demo)
     return parser
 

@@ -1,13 +1,19 @@
 """The farm's spec repository: what a team would keep in git next to its flows.
 
 A bare repository plays the remote (what GitHub would be), a clone is the team's work
-tree; the demo makes real commits, a branch for the pull request, and a merge.
+tree; the demo makes real commits, a branch for the pull request, and a merge. In
+cluster mode the operator's pods and the training pods clone it over HTTP
+(``GitHttpServer``: git's "dumb" HTTP protocol, static files on the node's bridge
+address), as they would clone from GitHub.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +26,18 @@ NAMESPACE = "pumpkins"
 FLOW_FILES = ("pumpkin_flow.py", "pumpkin_data.py", "pumpkin_model.py")
 
 
-def experiment(*, lr: float = 0.003, epochs: int = 4) -> dict[str, Any]:
+def experiment(*, lr: float = 0.003, epochs: int = 4, backend: str = "local",
+               resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``backend: kubernetes`` trains in a pod (cluster mode), sized by ``resources``."""
     return {
         "apiVersion": api.API_VERSION, "kind": "Experiment",
         "metadata": {"name": "classifier", "namespace": NAMESPACE},
         "spec": {
             "flow": {"file": "flows/pumpkin_flow.py", "name": "PumpkinFlow"},
             "parameters": {"seed": 7, "epochs": epochs, "lr": lr, "variety": "orange"},
-            "resources": {"gpu": 0, "cpu": 2, "memory": 4096},
+            "resources": resources or {"gpu": 0, "cpu": 2, "memory": 4096},
             "objective": {"metric": "accuracy", "goal": "maximize", "threshold": 0.9},
-            "backend": "local",
+            "backend": backend,
             "retry": {"limit": 1, "backoffSeconds": 5},
             "retrain": {"cooldownSeconds": 0, "includeFeedback": True},
         },
@@ -77,7 +85,10 @@ class FarmRepo:
             raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
-    def create(self) -> str:
+    def create(self, exp: dict[str, Any] | None = None,
+               mdep: dict[str, Any] | None = None) -> str:
+        """The first commit: the flows and the specs (default: the local-mode farm's
+        Experiment and ModelDeployment), pushed to ``origin``."""
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
@@ -91,19 +102,29 @@ class FarmRepo:
         (self.work / "flows").mkdir()
         for name in FLOW_FILES:
             shutil.copy(FLOWS_DIR / name, self.work / "flows" / name)
-        self.write_specs(experiment(), deployment())
+        if exp is None:
+            exp, mdep = experiment(), deployment()
+        self.write_specs(exp, mdep)
         self.git("add", "-A")
-        self.git("commit", "-q", "-m", "Plant the farm: pumpkin classifier and its deployment")
-        self.git("push", "-q", "origin", "main")
+        self.git("commit", "-q", "-m", "Plant the farm: pumpkin classifier"
+                 + (" and its deployment" if mdep else ""))
+        self.push("main")
         return self.git("rev-parse", "HEAD")
 
-    def write_specs(self, exp: dict[str, Any], mdep: dict[str, Any]) -> None:
+    def push(self, branch: str) -> None:
+        self.git("push", "-q", "origin", branch)
+        # What git's dumb HTTP clients read (info/refs, objects/info/packs).
+        subprocess.run(["git", "--git-dir", str(self.remote), "update-server-info"],
+                       check=True, timeout=60)
+
+    def write_specs(self, exp: dict[str, Any], mdep: dict[str, Any] | None) -> None:
         specs = self.work / "specs"
         specs.mkdir(exist_ok=True)
         (specs / "experiment.yaml").write_text(
             _dump(exp, "Good vs bad pumpkins from 64x64 photos."))
-        (specs / "modeldeployment.yaml").write_text(
-            _dump(mdep, "Serve the latest good model; canary every new version."))
+        if mdep is not None:
+            (specs / "modeldeployment.yaml").write_text(
+                _dump(mdep, "Serve the latest good model; canary every new version."))
 
     def pull_request(self, branch: str, exp: dict[str, Any], mdep: dict[str, Any],
                      message: str) -> str:
@@ -115,5 +136,36 @@ class FarmRepo:
     def merge(self, branch: str) -> str:
         self.git("checkout", "-q", "main")
         self.git("merge", "-q", "--no-ff", "-m", f"Merge pull request: {branch}", branch)
-        self.git("push", "-q", "origin", "main")
+        self.push("main")
         return self.git("rev-parse", "HEAD")
+
+
+class _RepoFiles(SimpleHTTPRequestHandler):
+    """Files of one directory under ``/<its name>/``; nothing else (no listing above it)."""
+
+    def translate_path(self, path: str) -> str:
+        prefix = "/" + Path(self.directory).name + "/"
+        if not path.startswith(prefix):
+            return str(Path(self.directory) / ".missing")
+        return super().translate_path(path[len(prefix) - 1:])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class GitHttpServer:
+    """The bare repository over HTTP on ``host`` (a free port): git's dumb HTTP
+    protocol, read-only; ``FarmRepo.push`` keeps its index current."""
+
+    def __init__(self, repo: FarmRepo, host: str) -> None:
+        handler = functools.partial(_RepoFiles, directory=str(repo.remote))
+        self.server = ThreadingHTTPServer((host, 0), handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/{repo.remote.name}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="git-http")
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

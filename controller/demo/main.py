@@ -6,6 +6,10 @@ hyperparameters; ``trellis validate`` and ``trellis plan`` speak; the merge sync
 model retrains, is canaried and promoted. Level 2 — genetically modified white pumpkins
 arrive; drift is detected; retraining happens by itself; the new version is canaried
 and promoted; drift clears. Every object lives on a real API server.
+
+That is local mode: the operator a process here, training and serving processes too.
+``trellis demo --cluster`` (``controller.demo.cluster``) tells the first chapter as a
+cluster runs it: the operator as pods, training in a pod, the model in S3.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 from controller.demo import farm
 from controller.demo.recorder import Recorder
 from controller.demo.traffic import Townsfolk
-from controller.devcluster.cluster import DevCluster
+from controller.devcluster.cluster import ClusterError, DevCluster
 from controller.localwork import reap
 from controller.paths import CRDS_DIR, ROOT
 from controller.processes import free_port
@@ -42,7 +46,26 @@ class DemoFailed(RuntimeError):
     pass
 
 
+LOCAL_PARTS = [
+    {"part": "Kubernetes", "ran": True,
+     "how": "dev cluster: etcd and kube-apiserver on this machine (no node: nothing runs "
+            "as a pod)"},
+    {"part": "operator", "ran": True, "how": "one process on this machine (local mode)"},
+    {"part": "GitOps", "ran": True,
+     "how": "a SpecRepository synced the farm's repository; a pull request validated, "
+            "planned, merged and pushed with a signed webhook"},
+    {"part": "training", "ran": True, "how": "Metaflow runs as processes on this machine"},
+    {"part": "model store", "ran": True, "how": "files in the operator's state directory"},
+    {"part": "serving", "ran": True,
+     "how": "seldon-core-microservice processes behind a weighted router on loopback"},
+    {"part": "canary analysis, drift, retraining", "ran": True,
+     "how": "on the townsfolk's live traffic"},
+]
+
+
 class Demo:
+    mode = "local"
+
     def __init__(self, workdir: Path, report_dir: Path) -> None:
         self.workdir, self.report_dir = workdir, report_dir
         self.state = workdir / "state"
@@ -271,7 +294,7 @@ class Demo:
         self.show_mlops()
 
     def finish(self) -> None:
-        from controller.demo.report import write_report
+        from controller.demo.report import write_markdown, write_report
 
         assert self.recorder is not None
         self.recorder.stop()
@@ -284,21 +307,35 @@ class Demo:
             "deployment": mdep, "specrepo": specrepo, "samples": self.recorder.samples,
             "events": self.recorder.events(),
             "kubectl_get_mlops": self.kubectl("get", "mlops", "-n", NS),
+            **self.report_data(),
         }
         path = write_report(data, self.report_dir)
+        write_markdown(data, self.report_dir)
         (self.report_dir / "data.json").write_text(json.dumps(data, default=str))
+        self.say(f"\nMode: {self.mode}")
+        for part in data["parts"]:
+            self.say(f"  {'ran' if part['ran'] else 'NOT RUN':<8} {part['part']}: "
+                     f"{part['how']}")
         self.say("\nPhase times:")
         for p in self.phases:
             self.say(f"  {p['name']:<45} {p['seconds']:>6.0f}s {'ok' if p['ok'] else 'FAILED'}")
         self.say(f"  {'total':<45} {time.time() - self.started:>6.0f}s")
         self.say(f"\nReport: {path}")
 
-    def _apply_specrepo(self) -> None:
+    def report_data(self) -> dict[str, Any]:
+        """What the report says about the mode: which parts ran, and how."""
+        parts = [dict(p) for p in LOCAL_PARTS]
+        if self.cluster is None:  # $KUBECONFIG's cluster
+            parts[0]["how"] = f"the cluster of $KUBECONFIG ({self.kubeconfig})"
+        return {"mode": self.mode, "parts": parts}
+
+    def _apply_specrepo(self, url: str | None = None, secret: str | None = "farm-git") -> None:
         doc = {"apiVersion": "mlops.trellis.dev/v1alpha1", "kind": "SpecRepository",
                "metadata": {"name": "farm", "namespace": NS},
-               "spec": {"url": str(self.repo.remote), "ref": {"branch": "main"},
-                        "path": "specs", "interval": "30s", "prune": True,
-                        "secretRef": {"name": "farm-git"}}}
+               "spec": {"url": url or str(self.repo.remote), "ref": {"branch": "main"},
+                        "path": "specs", "interval": "30s", "prune": True}}
+        if secret:
+            doc["spec"]["secretRef"] = {"name": secret}
         subprocess.run([self.kubectl_path, f"--kubeconfig={self.kubeconfig}", "apply", "-f",
                         "-"], input=json.dumps(doc), text=True, check=True,
                        capture_output=True, timeout=60)
@@ -340,11 +377,18 @@ class Demo:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    demo = Demo(Path(args.workdir).resolve(), Path(args.report).resolve())
+    kind: type[Demo] = Demo
+    if getattr(args, "cluster", False):
+        from controller.demo.cluster import ClusterDemo
+
+        kind = ClusterDemo
+    suffix = "-cluster" if kind.mode == "cluster" else ""
+    demo = kind(Path(args.workdir or f".trellis/demo{suffix}").resolve(),
+                Path(args.report or f"demo-report{suffix}").resolve())
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return demo.run()
-    except DemoFailed as exc:
+    except (DemoFailed, ClusterError) as exc:
         print(f"\ntrellis demo: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -1,4 +1,5 @@
-"""The demo's closing report: one static HTML page with its figures beside it.
+"""The demo's closing report: one static HTML page with its figures beside it, and the
+same story in short as Markdown (``report.md``, for a terminal or a CI log).
 
 ``make demo`` ends by calling ``write_report`` with everything it recorded. The page must
 open anywhere, offline, years later: no scripts, no external stylesheets or fonts, the
@@ -6,7 +7,9 @@ figures as PNG files in ``img/`` referenced relatively. It is written to be look
 rather than read: the header answers "what happened, how long, what runs now", and each
 section is a figure first, details after. A recording that stopped early still renders:
 every section says "no data" in place of what is missing, and a figure that cannot be
-drawn says why on the page instead of losing the whole report.
+drawn says why on the page instead of losing the whole report. The report says which
+mode ran (local: processes here; cluster: pods on a node, models in S3) and which parts
+of the story did not run in it, and why.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from controller.demo import plots
 from controller.demo.timeline import (
     OUTCOME_WORDS,
+    Part,
     Rollout,
     Run,
     Story,
@@ -49,6 +53,7 @@ def write_report(data: dict[str, Any], out_dir: Path) -> Path:
         _drift(story, out_dir),
         _lineage(story),
         _kubectl(story),
+        _where(story),
         "</main>",
         f'<footer class="wrap">Recorded {_e(_utc(story.t0))} · written by Trellis '
         "(<code>controller/demo/report.py</code>)</footer>",
@@ -132,9 +137,10 @@ def _header(story: Story) -> str:
         f'<span class="pt">{_e(duration(p.seconds))}</span></li>' for p in story.phases)
     toc = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
         ("training", "Training"), ("canary", "Canary"), ("drift", "Drift"),
-        ("lineage", "Lineage"), ("kubectl", "kubectl")))
+        ("lineage", "Lineage"), ("kubectl", "kubectl"), ("where", "Where it ran")))
     return (f'<header class="top"><div class="wrap">\n'
-            f'<p class="eyebrow">Trellis · GitOps MLOps on Kubernetes · demo report</p>\n'
+            f'<p class="eyebrow">Trellis · GitOps MLOps on Kubernetes · demo report · '
+            f'{_e(story.mode)} mode</p>\n'
             f'<h1>{_e(story.title)}</h1>\n<p class="summary">{_e(_summary(story))}</p>\n'
             f'{banner}<div class="tiles">{_tiles(story)}</div>\n'
             + (f'<ol class="phases">{phases}</ol>\n' if phases else "")
@@ -162,6 +168,9 @@ def _summary(story: Story) -> str:
         parts.append(f"detected drift at {clock(detected[0])}" + (
             f" and cleared it at {clock(cleared[-1])} by retraining"
             if cleared and cleared[-1] > detected[0] else ""))
+    if story.mode == "cluster" and not story.stable_now:
+        return ", ".join(parts) + (" in pods; serving did not run (it needs Seldon Core's "
+                                   "operator).")
     return ", ".join(parts) + (f"; it now serves v{story.stable_now}." if story.stable_now
                                else "; nothing is serving.")
 
@@ -179,8 +188,14 @@ def _tiles(story: Story) -> str:
     if detected:
         drift_note = (f"cleared {clock(cleared[-1])}" if cleared and cleared[-1] > detected[-1]
                       else "still active")
+    serving_tile = ("Now serving", _ver(story.stable_now) if story.stable_now else "nothing",
+                    note)
+    if _not_run(story, "serving"):
+        serving_tile = ("Serving", "not run", "needs Seldon Core's operator")
     tiles = [
-        ("Now serving", _ver(story.stable_now) if story.stable_now else "nothing", note),
+        ("Mode", _e(story.mode), "operator and training as pods" if story.mode == "cluster"
+         else "processes on this machine"),
+        serving_tile,
         ("End to end", _e(duration(story.duration)), _n(len(story.phases), "phase")),
         ("Model versions", str(sum(r.version is not None for r in story.runs)),
          f"from {_n(len(story.runs), 'Metaflow run')}"),
@@ -188,6 +203,9 @@ def _tiles(story: Story) -> str:
          f"{_n(len(outcomes), 'rollout')}, {_n(len(story.analyses), 'analysis')}"),
         ("Drift", "detected" if detected else "none", drift_note),
     ]
+    if _not_run(story, "canary analysis, drift"):
+        tiles[-2:] = [("Canary rollouts", "not run", "no serving"),
+                      ("Drift", "not run", "no serving")]
     return "".join(f'<div class="tile"><div class="k">{_e(k)}</div><div class="v">{v}</div>'
                    f'<div class="s">{_e(s)}</div></div>' for k, v, s in tiles)
 
@@ -202,7 +220,19 @@ def _training(story: Story, out_dir: Path) -> str:
     return _section("training", 1, "Training curves per model version", lede, fig)
 
 
+def _not_run(story: Story, name: str) -> Part | None:
+    """The part named ``name`` (or starting with it) when the story says it did not run."""
+    return next((p for p in story.parts if not p.ran and p.name.startswith(name)), None)
+
+
+def _did_not_run(story: Story, ident: str, number: int, title: str, part: Part) -> str:
+    return _section(ident, number, title, f"Not run in {_e(story.mode)} mode.",
+                    _nodata(f"{part.name}: {part.how}"))
+
+
 def _canary(story: Story, out_dir: Path) -> str:
+    if (part := _not_run(story, "serving")) is not None:
+        return _did_not_run(story, "canary", 2, "Canary timeline", part)
     lede = ("Share of live traffic each version received. Markers are the canary analyses "
             "at each step (pass, inconclusive, fail); the panels below show what they "
             "measured.")
@@ -230,6 +260,8 @@ def _rollout_table(rollouts: list[Rollout]) -> str:
 
 
 def _drift(story: Story, out_dir: Path) -> str:
+    if (part := _not_run(story, "canary analysis, drift")) is not None:
+        return _did_not_run(story, "drift", 3, "Drift p-values per feature over time", part)
     features = max((len(c.values) for c in story.drift), default=0)
     if story.drift_test == "psi":
         lede = (f"Population stability index of each live input feature against the serving "
@@ -333,6 +365,116 @@ def _kubectl(story: Story) -> str:
                     "The same story as the API server tells it, at the end of the demo.", body)
 
 
+def _where(story: Story) -> str:
+    """The mode, each part of the story (ran or not, how or why not), and in cluster
+    mode the pods, the Job, the failover and the model's files in S3."""
+    lede = ("Local mode runs the operator, training and serving as processes on this "
+            "machine; cluster mode runs the operator and training as pods on a real node, "
+            "with the models in S3." if story.parts else "Not recorded.")
+    rows = "".join(
+        f"<tr><td>{_e(p.name)}</td>"
+        f"<td>{_badge('promoted', 'ran') if p.ran else _badge('failed', 'not run')}</td>"
+        f'<td class="reason">{_e(p.how)}</td></tr>' for p in story.parts)
+    table = ('<table class="parts"><thead><tr><th>Part</th><th>Ran</th><th>How, or why not'
+             f"</th></tr></thead><tbody>{rows}</tbody></table>" if rows else "")
+    return _section("where", 6, f"Where it ran: {story.mode} mode", lede, table,
+                    _cluster_facts(story.cluster) if story.mode == "cluster" else "")
+
+
+def _cluster_facts(facts: dict[str, Any]) -> str:
+    if not facts:
+        return _nodata("No cluster facts were recorded.")
+    out = []
+    failover = facts.get("failover") or {}
+    pods = ", ".join(f"<code>{_e(n)}</code>" for n in facts.get("operator_pods") or [])
+    if pods:
+        line = f"Operator replicas: {pods}."
+        if failover:
+            line += (f" Mid-run, the active one <code>{_e(failover.get('deleted'))}</code> was "
+                     f"force-deleted; <code>{_e(failover.get('new_active'))}</code> took over "
+                     f"after {_e(duration(failover.get('took_over_after_s')))} (the deleted "
+                     f"one's keep-alive {_e(failover.get('keepalive') or 'lapsed')}) and "
+                     f"re-attached to the running Job.")
+        out.append(f'<p class="source fact">{line}</p>')
+    model = facts.get("model") or {}
+    if model:
+        acc = model.get("accuracy")
+        out.append(f'<p class="source fact">Model {_ver(model.get("version"))} from run '
+                   f'<code>{_e(model.get("run"))}</code>: accuracy '
+                   f'<b>{"—" if acc is None else f"{acc:.3f}"}</b>, source commit '
+                   f'<code>{_e(str(model.get("commit") or "—")[:7])}</code>, '
+                   f'<span class="mono">{_e(model.get("artifactUri"))}</span>; '
+                   f'{_e(facts.get("runs", "?"))} run(s), '
+                   f'{_n(len(facts.get("jobs") or []), "Job")}.</p>')
+    trainer = "".join(
+        f"<tr><td><code>{_e(p.get('name'))}</code></td><td>{_e(p.get('phase'))}</td>"
+        f"<td><code>{_e(p.get('image'))}</code></td><td>{_e(p.get('node'))}</td>"
+        f"<td>{_e(', '.join(f'{k} {v}' for k, v in (p.get('requests') or {}).items()))}</td>"
+        "</tr>" for p in facts.get("pods") or [])
+    if trainer:
+        out.append('<table><thead><tr><th>Training pod</th><th>Phase</th><th>Image</th>'
+                   f"<th>Node</th><th>Requests</th></tr></thead><tbody>{trainer}</tbody>"
+                   "</table>")
+    s3 = facts.get("s3") or {}
+    objects = "".join(f"<tr><td><code>s3://{_e(s3.get('bucket'))}/{_e(o.get('key'))}</code>"
+                      f"</td><td>{_e(o.get('size'))}</td></tr>"
+                      for o in s3.get("objects") or [])
+    if objects:
+        out.append("<table><thead><tr><th>Model files in S3</th><th>Bytes</th></tr></thead>"
+                   f"<tbody>{objects}</tbody></table>"
+                   f'<p class="source">and {_e(s3.get("datastore_objects", 0))} objects of '
+                   "Metaflow's datastore.</p>")
+    if facts.get("kubectl_get_pods"):
+        out.append(f"<pre>$ kubectl get pods -A\n{_e(facts['kubectl_get_pods'].rstrip())}</pre>")
+    return "\n".join(out)
+
+
+def write_markdown(data: dict[str, Any], out_dir: Path) -> Path:
+    """``out_dir/report.md``: the mode, what ran, the phases, the models, and in cluster
+    mode the pods, the failover and the model's files in S3."""
+    story = read_story(data)
+    lines = [f"# {story.title}", "", f"Mode: **{story.mode}**. {_summary(story)}", "",
+             "| part | ran | how, or why not |", "|---|---|---|"]
+    lines += [f"| {p.name} | {'yes' if p.ran else 'no'} | {p.how} |" for p in story.parts]
+    lines += ["", "| phase | time | ok |", "|---|---|---|"]
+    lines += [f"| {p.name} | {duration(p.seconds)} | {'yes' if p.ok else 'no'} |"
+              for p in story.phases]
+    lines += ["", f"| run | model | {story.objective_metric} | commit |", "|---|---|---|---|"]
+    lines += [f"| {r.pathspec} | {'v' + str(r.version) if r.version else '—'} | "
+              f"{'—' if r.accuracy is None else f'{r.accuracy:.3f}'} | {r.commit[:7] or '—'} |"
+              for r in story.runs]
+    facts = story.cluster
+    if story.mode == "cluster" and facts:
+        failover = facts.get("failover") or {}
+        lines += ["", "## Cluster", "",
+                  f"- operator pods: {', '.join(facts.get('operator_pods') or [])}"]
+        if failover:
+            lines.append(f"- failover: {failover.get('deleted')} force-deleted mid-run; "
+                         f"{failover.get('new_active')} took over after "
+                         f"{duration(failover.get('took_over_after_s'))} (keep-alive "
+                         f"{failover.get('keepalive') or 'lapsed'})")
+        model = facts.get("model") or {}
+        if model:
+            acc = model.get("accuracy")
+            lines.append(f"- model v{model.get('version')}: {story.objective_metric} "
+                         f"{'—' if acc is None else f'{acc:.3f}'}, source commit "
+                         f"{str(model.get('commit') or '—')[:7]}, {model.get('artifactUri')}")
+        lines += [f"- Jobs: {', '.join(j['name'] for j in facts.get('jobs') or [])}; "
+                  f"runs: {facts.get('runs')}"]
+        lines += [f"- training pod {p.get('name')}: {p.get('phase')}, image {p.get('image')}"
+                  for p in facts.get("pods") or []]
+        s3 = facts.get("s3") or {}
+        lines += [f"- S3: s3://{s3.get('bucket')}/{o['key']} ({o['size']} bytes)"
+                  for o in s3.get("objects") or []]
+        if facts.get("kubectl_get_pods"):
+            lines += ["", "```", "$ kubectl get pods -A", facts["kubectl_get_pods"].rstrip(),
+                      "```"]
+    path = Path(out_dir) / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 CSS = """
 :root{--ink:#1d2327;--muted:#5d666e;--bg:#f4f2ec;--card:#fff;--line:#e3ded3;
 --accent:#ee7a1a;--ok:#1a9850;--bad:#d73027;--warn:#f0a020}
@@ -394,6 +536,7 @@ code,.mono,pre{font-family:ui-monospace,"SFMono-Regular","DejaVu Sans Mono",mono
 code{font-size:13px;background:#f1efe9;padding:1px 5px;border-radius:4px}
 .mono.sub{font-size:12px}
 .source{margin:0;color:var(--muted);font-size:14px}
+.source.fact{margin-top:12px}
 pre{margin:0;background:#12201a;color:#e3ede6;padding:16px 18px;border-radius:10px;
 overflow-x:auto;font-size:12.5px;line-height:1.45}
 .nodata{margin:8px 0;padding:16px;border:1px dashed #d6d0c3;border-radius:10px;

@@ -83,6 +83,16 @@ class Marker:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part of the story (operator, training, serving...): whether it ran, and how
+    or why not."""
+
+    name: str
+    ran: bool
+    how: str
+
+
+@dataclass(frozen=True)
 class Phase:
     name: str
     seconds: float
@@ -112,6 +122,9 @@ class Story:
     rejected: dict[int, str] = field(default_factory=dict)
     repo: dict[str, str] = field(default_factory=dict)
     kubectl: str = ""
+    mode: str = "local"  # local | cluster: where the operator, training and serving ran
+    parts: list[Part] = field(default_factory=list)
+    cluster: dict[str, Any] = field(default_factory=dict)  # cluster mode's facts
 
 
 def epoch_of(value: Any) -> float | None:
@@ -183,6 +196,10 @@ def read_story(data: Doc) -> Story:
 
     story = Story(title=str(data.get("title") or "Trellis demo"), t0=t0,
                   duration=max(0.0, t1 - t0), kubectl=str(data.get("kubectl_get_mlops") or ""))
+    story.mode = str(data.get("mode") or "local")
+    story.parts = [Part(str(p.get("part") or "?"), bool(p.get("ran")), str(p.get("how") or ""))
+                   for p in _dicts(data.get("parts"))]
+    story.cluster = _doc(data.get("cluster"))
     story.phases = [Phase(str(p.get("name") or "phase"), _num(p.get("seconds")) or 0.0,
                           bool(p.get("ok"))) for p in _dicts(data.get("phases"))]
     exp_statuses = [_doc(s.get("experiment")) for s in samples] + [_doc(exp.get("status"))]
@@ -196,7 +213,8 @@ def read_story(data: Doc) -> Story:
     spec, status = _doc(repo.get("spec")), _doc(repo.get("status"))
     story.repo = {k: str(v) for k, v in {
         "name": _doc(repo.get("metadata")).get("name"), "url": spec.get("url"),
-        "ref": spec.get("ref"), "path": spec.get("path"),
+        "ref": " ".join(f"{k} {v}" for k, v in spec["ref"].items()) if isinstance(
+            spec.get("ref"), dict) else spec.get("ref"), "path": spec.get("path"),
         "commit": status.get("lastSyncedCommit")}.items() if v}
     return story
 

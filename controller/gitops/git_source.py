@@ -266,6 +266,42 @@ def _skip_unsafe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         return None
 
 
+def _inside(root: str, path: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def _safe_members(tar: tarfile.TarFile, dest: Path) -> Iterator[tarfile.TarInfo]:
+    """The "data" filter's rules where tarfile has no filters (Python < 3.11.4, e.g.
+    Debian bookworm's 3.11.2, the dev images' base): files, directories and links that
+    stay inside ``dest``; no devices or fifos; no set-id, sticky or group/other write
+    bits. What breaks a rule is skipped, as ``_skip_unsafe`` skips it."""
+    root = os.path.realpath(dest)
+    for member in tar:
+        name = member.name.lstrip("/")
+        target = os.path.realpath(os.path.join(root, name))
+        if not _inside(root, target):
+            continue
+        if member.issym():
+            if os.path.isabs(member.linkname) or not _inside(root, os.path.realpath(
+                    os.path.join(os.path.dirname(target), member.linkname))):
+                continue
+        elif member.islnk():
+            if not _inside(root, os.path.realpath(os.path.join(root, member.linkname))):
+                continue
+        elif not (member.isfile() or member.isdir()):
+            continue
+        member.name = name
+        member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+        yield member
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter=_skip_unsafe)
+    else:
+        tar.extractall(dest, members=_safe_members(tar, dest))
+
+
 def _make_read_only(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for f in filenames:
@@ -311,7 +347,7 @@ def checkout_for(settings: Settings, namespace: str, name: str, commit: str) -> 
                               env=_base_env()) as archive:
             assert archive.stdout is not None
             with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
-                tar.extractall(tmp, filter=_skip_unsafe)
+                _extract(tar, tmp)
             err = archive.stderr.read() if archive.stderr else b""
             if archive.wait(timeout=LOCAL_TIMEOUT_S) != 0:
                 raise FetchError(_last_line(err.decode(errors="replace")))

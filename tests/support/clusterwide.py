@@ -20,11 +20,13 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.devcluster import deploy
 from controller.devcluster.cluster import DevCluster
+from controller.devcluster.deploy import pick
 from controller.paths import ROOT
 from tests.support.kube import Cluster, OperatorProcess, wait_for
 
-MANIFESTS = ROOT / "manifests"
+MANIFESTS = deploy.MANIFESTS
 SELDON_CRD = ROOT / "tests" / "support" / "crds" / "seldondeployment.yaml"
 PEERING = ("kopf.dev", "v1", "clusterkopfpeerings")
 
@@ -42,12 +44,7 @@ def own_cluster(state_dir: Path) -> Iterator[Cluster]:
 
 def render(cluster: Cluster, path: Path = MANIFESTS) -> list[dict[str, Any]]:
     """``kubectl kustomize <path>`` as a list of objects."""
-    out = cluster.kubectl("kustomize", str(path)).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def pick(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    return deploy.render(cluster.dev, path)
 
 
 def install_crds(cluster: Cluster, docs: list[dict[str, Any]]) -> None:

@@ -136,6 +136,34 @@ def test_checkout_for_exports_exactly_that_commit_read_only(repo: GitRepo,
         git_source.checkout_for(settings, "ns", "farm", "f" * 40)
 
 
+@pytest.mark.parametrize("filters", [True, False],
+                         ids=["tarfile-filters", "python-before-3.11.4"])
+def test_exports_keep_links_inside_the_tree_and_skip_the_others(
+        repo: GitRepo, tmp_path: Path, filters: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tarfile's "data" filter, or the same rules by hand where Python lacks it
+    (Debian bookworm's 3.11.2 in the dev images)."""
+    import tarfile
+
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    repo.write("flows/run.sh", "echo pumpkins\n")
+    (repo.work / "flows" / "run.sh").chmod(0o4777)  # git keeps only the x bit
+    (repo.work / "flows" / "same.py").symlink_to("f.py")
+    (repo.work / "specs" / "flows").symlink_to("../flows")
+    (repo.work / "specs" / "passwd").symlink_to("../../../../../../etc/passwd")
+    (repo.work / "specs" / "root").symlink_to("/")
+    sha = repo.commit_and_push("links")
+    settings = Settings(state_dir=tmp_path / "state")
+    fetch(settings.repo_cache_dir, str(repo.remote), {"branch": "main"})
+    out = git_source.checkout_for(settings, "ns", "farm", sha)
+    assert (out / "flows" / "same.py").read_text() == "print('pumpkins')\n"
+    assert (out / "specs" / "flows" / "f.py").read_text() == "print('pumpkins')\n"
+    assert not (out / "specs" / "passwd").is_symlink()
+    assert not (out / "specs" / "root").is_symlink()
+    assert (out / "specs" / "a.yaml").read_text() == "a: 1\n"
+    assert stat.S_IMODE((out / "flows" / "run.sh").stat().st_mode) == 0o555
+
+
 def test_gc_keeps_recent_and_current_exports(repo: GitRepo, tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "state")
     shas = [repo.head()]

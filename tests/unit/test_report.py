@@ -179,3 +179,68 @@ def test_the_fixture_uses_only_fields_the_crds_define(kind: str) -> None:
         statuses += [s[kind] for s in FULL["samples"][::25]]
     for status in statuses:
         jsonschema.validate(status, _strict(schema))
+
+
+# ------------------------------------------------------------------------ modes
+def _cluster_story() -> dict[str, Any]:
+    """A cluster-mode recording: v1 trained in a pod, no ModelDeployment, the facts the
+    cluster demo collects."""
+    from controller.demo.cluster import cluster_parts
+
+    data = copy.deepcopy(demo_data(stop_at=120))
+    data["deployment"] = None
+    for sample in data["samples"]:
+        sample["deployment"] = {}
+    data["phases"] = [{"name": "Level 0 — train in a pod, model to S3, a failover",
+                       "seconds": 90, "ok": True}]
+    run = data["experiment"]["status"]["runs"][0]["pathspec"]
+    failover = {"deleted": "trellis-operator-a", "new_active": "trellis-operator-b",
+                "took_over_after_s": 61.5}
+    prefix = f"metaflow/models/{run}"
+    data.update(mode="cluster", parts=cluster_parts(failover), cluster={
+        "operator_pods": ["trellis-operator-a", "trellis-operator-b"], "failover": failover,
+        "runs": 1, "jobs": [{"name": "classifier-g1-a1", "succeeded": 1}],
+        "pods": [{"name": "classifier-g1-a1-x7k2q", "phase": "Succeeded",
+                  "image": "ghcr.io/trellis-mlops/trainer:0.1.0", "node": "trellis-node",
+                  "requests": {"cpu": "1", "memory": "3Gi"}}],
+        "model": {"version": 1, "run": run, "accuracy": 0.964, "commit": "3f2a9c1d",
+                  "artifactUri": f"s3://trellis/{prefix}"},
+        "s3": {"bucket": "trellis", "prefix": prefix, "datastore_objects": 31,
+               "objects": [{"key": f"{prefix}/{n}", "size": 1000 + i}
+                           for i, n in enumerate(("meta.json", "model.pt"))]},
+        "kubectl_get_pods": "NAMESPACE  NAME\npumpkins   classifier-g1-a1-x7k2q\n"})
+    return data
+
+
+def test_a_cluster_story_says_its_mode_what_ran_and_what_did_not(tmp_path: Path) -> None:
+    from controller.demo.report import write_markdown
+
+    data = _cluster_story()
+    text, page = render(data, tmp_path)
+    assert "cluster mode</p>" in text and page.sections["where"].strip().endswith("cluster mode")
+    # canary and drift: not run, and why — never an empty figure passed off as no data
+    assert page.nodata["canary"] == page.nodata["drift"] == 1
+    assert not page.images.get("canary") and not page.images.get("drift")
+    assert text.count("Seldon Core&#x27;s operator") >= 2
+    assert "serving did not run" in text and "nothing is serving" not in text
+    assert text.count('class="badge failed">not run') == 3
+    assert "trellis-operator-b</code> took over after 1 min 02 s" in text
+    assert f"s3://trellis/{data['cluster']['s3']['prefix']}/model.pt" in text
+    assert "$ kubectl get pods -A" in text and "0.964" in text
+    md = write_markdown(data, tmp_path).read_text()
+    assert "Mode: **cluster**" in md and "| serving | no |" in md and "| training | yes |" in md
+    assert "- failover: trellis-operator-a force-deleted mid-run" in md
+    assert f"- S3: s3://trellis/{data['cluster']['s3']['prefix']}/model.pt (1001 bytes)" in md
+
+
+def test_a_local_story_says_local_mode_and_everything_ran(tmp_path: Path) -> None:
+    from controller.demo.main import LOCAL_PARTS
+    from controller.demo.report import write_markdown
+
+    data = {**FULL, "mode": "local", "parts": LOCAL_PARTS}
+    text, page = render(data, tmp_path)
+    assert "local mode</p>" in text and "not run" not in text
+    assert page.images["canary"] == ["img/canary.png"]
+    md = write_markdown(data, tmp_path).read_text()
+    assert "Mode: **local**" in md and "| serving | yes |" in md and "## Cluster" not in md
+    assert "| PumpkinFlow/106 | v4 |" in md
