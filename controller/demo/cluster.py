@@ -261,16 +261,8 @@ class ClusterDemo(Demo):
         self.say(f"$ kubectl {' '.join(args)}\n{text.rstrip()}")
         return text
 
-    def status_line(self) -> str:
-        e, _ = self.objects()
-        prog = e.get("progress") or {}
-        train = f"{e.get('phase', '-')}"
-        if prog.get("epochs"):
-            train += f" epoch {prog.get('epoch', 0)}/{prog['epochs']}"
-        elif prog.get("step"):
-            train += f" {prog['step']}"
-        return (f"[{time.time() - self.started:5.0f}s] training: {train}, model "
-                f"{e.get('latestModel', '-')} | serving: not in cluster mode")
+    def serving_line(self, d: dict[str, Any]) -> str:
+        return "serving: not in cluster mode"
 
     def report_data(self) -> dict[str, Any]:
         return {"mode": self.mode, "parts": cluster_parts(self.facts.get("failover")),

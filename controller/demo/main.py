@@ -119,13 +119,16 @@ class Demo:
             train += f" epoch {prog.get('epoch', 0)}/{prog['epochs']}"
         elif prog.get("step"):
             train += f" {prog['step']}"
+        return (f"[{time.time() - self.started:5.0f}s] training: {train}, model "
+                f"{e.get('latestModel', '-')} | {self.serving_line(d)}")
+
+    def serving_line(self, d: dict[str, Any]) -> str:
         canary = d.get("canary") or {}
         serve = f"stable {d.get('stableVersion', '-')}"
         if canary:
             serve += f", canary v{canary.get('version')} at {canary.get('weight')}%"
         drift = (d.get("drift") or {}).get("summary", "-")
-        return (f"[{time.time() - self.started:5.0f}s] training: {train}, model "
-                f"{e.get('latestModel', '-')} | serving: {serve} | drift: {drift}")
+        return f"serving: {serve} | drift: {drift}"
 
     def wait(self, what: str, ready: Callable[[], Any], timeout: float) -> Any:
         """Poll ``ready`` with a live status line until it returns something truthy."""

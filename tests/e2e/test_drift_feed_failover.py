@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,35 +26,29 @@ from controller.processes import free_port
 from controller.serving.requestlog_read import RequestLogReader, chunk_paths, read_chunk
 from tests.support import s3server
 from tests.support.clusterwide import (
+    LIFETIME_S,
+    PAUSED_LOG,
+    READY_LOG,
+    RECONCILES,
+    RESUMED_LOG,
     admin_api,
-    install_crds,
     kill_quietly,
-    own_cluster,
+    peering_cluster,
     peers,
-    pick,
-    render,
     scrape,
     wait_for_log,
 )
 from tests.support.kube import Cluster, OperatorProcess, condition, wait_for
-from tests.support.seldon import mark_available, predictors, setup_objects
+from tests.support.seldon import mark_available, post_event, predictors, setup_objects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
-READY_LOG = "trellis operator context ready"
-PAUSED_LOG = "Pausing operations in favour of"
-RESUMED_LOG = "Resuming operations after the pause"
-LIFETIME_S = 60  # kopf's settings.peering.lifetime default
 STORE = "s3://trellis/requestlog"
-RECONCILES = "trellis_reconciles_total"
 
 
 @pytest.fixture(scope="module")
 def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with own_cluster(tmp_path_factory.mktemp("drift-feed-cluster")) as cluster:
-        docs = render(cluster)
-        install_crds(cluster, docs)
-        cluster.apply(pick(docs, "ClusterKopfPeering", "trellis"))
+    with peering_cluster(tmp_path_factory.mktemp("drift-feed-cluster")) as cluster:
         yield cluster
 
 
@@ -80,14 +72,7 @@ class Replica:
         }, work / f"{name}.log", ["--peering", "trellis"]).start()
 
     def post(self, path: str, body: dict, headers: dict[str, str] | None = None) -> int:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.logger}{path}",
-                                     json.dumps(body).encode(),
-                                     {"Content-Type": "application/json", **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return post_event(f"http://127.0.0.1:{self.logger}{path}", body, headers)
 
     def logged(self, ns: str) -> tuple[set[str], int]:
         """The predictions in this replica's drift log (what its drift monitor reads) and

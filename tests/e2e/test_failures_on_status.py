@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tests.support.seldon import (
     install_crd,
     mark_available,
     mdep_status,
+    post_event,
     predictors,
     register,
     setup_objects,
@@ -252,13 +251,7 @@ def test_the_api_server_rejecting_what_the_operator_renders_is_stalled(
 def log_event(port: int, path: str, body: dict[str, Any],
               headers: dict[str, str] | None = None) -> int:
     """POST to the receiver as Seldon's executor does; the HTTP status it answered."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return post_event(f"http://127.0.0.1:{port}{path}", body, headers)
 
 
 def logged_prediction(port: int, ns: str, puid: str) -> list[int]:

@@ -20,13 +20,15 @@ import yaml
 
 from controller.processes import free_port
 from tests.support.clusterwide import (
+    LIFETIME_S,
+    PAUSED_LOG,
+    READY_LOG,
+    RECONCILES,
+    RESUMED_LOG,
     admin_api,
-    install_crds,
     kill_quietly,
-    own_cluster,
+    peering_cluster,
     peers,
-    pick,
-    render,
     scrape,
     wait_for_log,
 )
@@ -35,20 +37,12 @@ from tests.support.kube import Cluster, OperatorProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
-READY_LOG = "trellis operator context ready"
-PAUSED_LOG = "Pausing operations in favour of"
-RESUMED_LOG = "Resuming operations after the pause"
-LIFETIME_S = 60  # kopf's settings.peering.lifetime default
 STARTED = 'trellis_training_runs_total{outcome="started"}'
-RECONCILES = "trellis_reconciles_total"
 
 
 @pytest.fixture(scope="module")
 def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with own_cluster(tmp_path_factory.mktemp("peering-cluster")) as cluster:
-        docs = render(cluster)
-        install_crds(cluster, docs)
-        cluster.apply(pick(docs, "ClusterKopfPeering", "trellis"))
+    with peering_cluster(tmp_path_factory.mktemp("peering-cluster")) as cluster:
         yield cluster
 
 

@@ -44,6 +44,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.processes import free_port
 from tests.support.clusterwide import (
     MANIFESTS,
+    READY_LOG,
     admin_api,
     get_custom,
     install_crds,
@@ -69,7 +70,6 @@ BASELINE_S = 60.0
 GROUP, VERSION = "mlops.trellis.dev", "v1alpha1"
 WEBHOOK_SECRET = b"farm-hook-key"
 TOKEN = "pumpkin-token"
-READY_LOG = "trellis operator context ready"
 
 
 def _rules() -> list[dict[str, Any]]:

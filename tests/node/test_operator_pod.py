@@ -36,6 +36,7 @@ from tests.support.kube import Cluster, condition, wait_for
 from tests.support.seldon import (
     mark_available,
     mdep_status,
+    post_event,
     predictors,
     setup_objects,
     wait_predictors,
@@ -302,14 +303,7 @@ def _answers(model_dir: Path, messages: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------ drift inputs
 def _post(pod: dict, path: str, body: dict, headers: dict[str, str] | None = None) -> int:
     """POST to a replica's request-logger port, as Seldon's executor does."""
-    req = urllib.request.Request(f"http://{pod['status']['podIP']}:8081{path}",
-                                 json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return post_event(f"http://{pod['status']['podIP']}:8081{path}", body, headers)
 
 
 def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(

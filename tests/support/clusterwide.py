@@ -42,6 +42,25 @@ def own_cluster(state_dir: Path) -> Iterator[Cluster]:
         dev.down()
 
 
+# What a peering operator logs (kopf's words and ours), and kopf's keep-alive lifetime.
+READY_LOG = "trellis operator context ready"
+PAUSED_LOG = "Pausing operations in favour of"
+RESUMED_LOG = "Resuming operations after the pause"
+LIFETIME_S = 60  # kopf's settings.peering.lifetime default
+RECONCILES = "trellis_reconciles_total"
+
+
+@contextmanager
+def peering_cluster(state_dir: Path) -> Iterator[Cluster]:
+    """A cluster of its own for tests that run several peering operators: the manifests'
+    CRDs (and Seldon's) and the ClusterKopfPeering ``trellis``."""
+    with own_cluster(state_dir) as cluster:
+        docs = render(cluster)
+        install_crds(cluster, docs)
+        cluster.apply(pick(docs, "ClusterKopfPeering", "trellis"))
+        yield cluster
+
+
 def render(cluster: Cluster, path: Path = MANIFESTS) -> list[dict[str, Any]]:
     """``kubectl kustomize <path>`` as a list of objects."""
     return deploy.render(cluster.dev, path)

@@ -10,6 +10,8 @@ would run (model servers behind the executor's metrics, scraped by a real Promet
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,18 @@ from tests.support.seldon_host import SeldonHost
 from tests.support.specs import base
 
 CRD = Path(__file__).resolve().parent / "crds" / "seldondeployment.yaml"
+
+
+def post_event(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
+    """POST a JSON body as Seldon's executor posts a request-logger event (or a client its
+    feedback); the HTTP status that was answered."""
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def install_crd(cluster: Cluster) -> None:
