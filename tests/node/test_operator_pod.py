@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from controller import api
-from controller.devcluster import images
+from controller.devcluster import deploy, images
 from controller.paths import FLOWS_DIR, ROOT
 from tests.support.clusterwide import SELDON_CRD, pick, render
 from tests.support.kube import Cluster, condition, wait_for
@@ -48,18 +48,6 @@ pytestmark = pytest.mark.node
 SYSTEM_NS = "trellis-system"
 
 
-def _served(cluster: Cluster, docs: list[dict]) -> list[dict]:
-    """The objects whose API this cluster serves (no Prometheus operator here)."""
-    served = set(cluster.kubectl("api-resources", "-o", "name").stdout.split())
-    out = []
-    for doc in docs:
-        group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
-        plural = doc["kind"].lower() + ("es" if doc["kind"].endswith("s") else "s")
-        if (f"{plural}.{group}" if group else plural) in served:
-            out.append(doc)
-    return out
-
-
 @pytest.fixture(scope="module")
 def operator_pods(node_cluster: Cluster) -> list[dict]:
     node = node_cluster.dev.node.state()
@@ -76,7 +64,8 @@ def operator_pods(node_cluster: Cluster) -> list[dict]:
                          *[f"crd/{c['metadata']['name']}" for c in crds])
     # The peering object before the replicas: kopf's non-mandatory peering runs a replica
     # standalone (active) when it starts and finds no ClusterKopfPeering.
-    rest = _served(node_cluster, [d for d in docs if d["kind"] != "CustomResourceDefinition"])
+    rest, _ = deploy.served(node_cluster.dev,
+                            [d for d in docs if d["kind"] != "CustomResourceDefinition"])
     assert pick(rest, "ClusterKopfPeering", "trellis")
     node_cluster.apply([d for d in rest if d["kind"] != "Deployment"])
     node_cluster.apply(pick(rest, "Deployment"))
@@ -140,18 +129,9 @@ def test_the_operator_pod_reconciles_and_refuses_to_train_in_itself(
 
 # ------------------------------------------------------------------ training in pods
 def _team_namespace(cluster: Cluster, name: str) -> str:
-    """A team namespace as docs/install.md sets one up: manifests/team's ServiceAccount and
-    the S3 Secret (here a copy of the dev cluster's)."""
+    """A team namespace as docs/install.md sets one up (``deploy.team_namespace``)."""
     ns = cluster.create_namespace(name)
-    team = render(cluster, ROOT / "manifests" / "team")
-    for doc in team:
-        doc["metadata"]["namespace"] = ns
-    cluster.apply(team, ns)
-    secret = cluster.get("secret", "trellis-s3", "trellis-system")
-    assert secret is not None, "dev-cluster up --s3 writes trellis-system/trellis-s3"
-    cluster.apply({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": "trellis-s3", "namespace": ns},
-                   "data": secret["data"]}, ns)
+    deploy.team_namespace(cluster.dev, ns)
     return ns
 
 
