@@ -5,6 +5,7 @@ store here; tests/e2e/test_drift_feed_failover.py runs it on S3 with two operato
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,15 @@ def post(path, body, hdrs=None, replica: int = 0):
     return step
 
 
-def run(store_root: Path, steps, replicas: int = 2, store: ObjectStore | None = None):
-    """The steps against ``replicas`` receivers that share one store."""
+def run(store_root: Path, steps, replicas: int = 2, store: ObjectStore | None = None,
+        made: list[Receiver] | None = None):
+    """The steps against ``replicas`` receivers that share one store (appended to
+    ``made``, for a step that looks inside them)."""
     async def go():
         receivers = [Receiver(store or ObjectStore(), str(store_root), f"replica-{i}")
                      for i in range(replicas)]
+        if made is not None:
+            made.extend(receivers)
         clients = [TestClient(TestServer(r.app())) for r in receivers]
         for client in clients:
             await client.start_server()
@@ -134,17 +139,35 @@ def test_the_store_refusing_a_write_is_no_acknowledgement(tmp_path: Path) -> Non
 
 
 def test_concurrent_events_share_inbox_writes(tmp_path: Path) -> None:
-    """A group commit: events that arrive while a write is under way go in the next one."""
-    async def burst(clients):
-        posts = [clients[0].post("/", json=REQUEST_BODY, headers=headers(REQUEST, f"r{i}"))
-                 for i in range(20)]
-        return [r.status for r in await asyncio.gather(*posts)]
+    """A group commit: events that arrive while a write is under way go in the next one.
+    The first write is held until the other 19 events wait behind it: two writes, 1 + 19."""
+    started, release = threading.Event(), threading.Event()
 
-    [codes] = run(tmp_path / "store", [burst], replicas=1)
+    class Held(ObjectStore):
+        def write(self, uri: str, data: bytes) -> None:
+            if not started.is_set():
+                started.set()
+                assert release.wait(10), "the test never released the first write"
+            super().write(uri, data)
+
+    async def burst(clients):
+        first = asyncio.ensure_future(
+            clients[0].post("/", json=REQUEST_BODY, headers=headers(REQUEST, "r0")))
+        await asyncio.to_thread(started.wait, 10)
+        rest = [asyncio.ensure_future(clients[0].post(
+            "/", json=REQUEST_BODY, headers=headers(REQUEST, f"r{i}"))) for i in range(1, 20)]
+        for _ in range(1000):  # until the 19 are queued behind the held write (10 s at most)
+            if sum(len(s.lines) for s in receivers[0]._spools.values()) >= 19:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        return [r.status for r in await asyncio.gather(first, *rest)]
+
+    receivers: list[Receiver] = []
+    [codes] = run(tmp_path / "store", [burst], replicas=1, store=Held(), made=receivers)
     assert codes == [202] * 20
     objects = ObjectStore().list(inbox_prefix(str(tmp_path / "store"), "farm", "classifier"))
-    assert 1 <= len(objects) < 20
-    assert sum(Path(o).read_bytes().count(b"\n") for o in objects) == 20
+    assert sorted(Path(o).read_bytes().count(b"\n") for o in objects) == [1, 19]
 
 
 def test_a_full_log_drops_records_but_every_event_was_acknowledged(tmp_path: Path) -> None:
