@@ -65,15 +65,21 @@ def weight(install: wi.Install) -> str:
     return f"{len(install.packages)} packages, {install.size / 1e6:.1f} MB"
 
 
-@pytest.mark.parametrize("version", wi.PYTHONS)
-def test_base_install_validates_and_plans_without_the_operator_or_trainer_stack(
-        version: str, built: tuple[Path, Path], farm: GitRepo, tmp_path: Path) -> None:
+def _base_install(version: str, built: tuple[Path, Path], tmp_path: Path
+                  ) -> tuple[Path, wi.Install]:
+    """A fresh venv on that Python with the wheel alone (skipped where it is missing)."""
     python = wi.find_python(version)
     if python is None:
         pytest.skip(f"no python{version} on PATH or under pyenv")
     wheel, constraints = built
     venv = wi.fresh_venv(python, tmp_path / "venv")
-    base = wi.install(venv, str(wheel), constraints)
+    return venv, wi.install(venv, str(wheel), constraints)
+
+
+@pytest.mark.parametrize("version", wi.PYTHONS)
+def test_base_install_validates_and_plans_without_the_operator_or_trainer_stack(
+        version: str, built: tuple[Path, Path], farm: GitRepo, tmp_path: Path) -> None:
+    venv, base = _base_install(version, built, tmp_path)
     assert base.packages.get("trellis-mlops") == "0.1.0"
     assert wi.present(base.packages, NOT_IN_BASE) == []
     assert len(base.packages) <= BASE_MAX_PACKAGES and base.size <= BASE_MAX_BYTES, \
@@ -123,12 +129,8 @@ def test_operator_extra_on_the_newest_python(built: tuple[Path, Path], tmp_path:
     """The operator's stack installs and its modules import on 3.13 (3.11 runs the whole
     suite in .venv); the trainer's and the demo's stay out."""
     version = wi.PYTHONS[-1]
-    python = wi.find_python(version)
-    if python is None:
-        pytest.skip(f"no python{version} on PATH or under pyenv")
+    venv, base = _base_install(version, built, tmp_path)
     wheel, constraints = built
-    venv = wi.fresh_venv(python, tmp_path / "venv")
-    base = wi.install(venv, str(wheel), constraints)
     full = wi.install(venv, f"{wheel}[operator]", constraints)
     assert wi.present(full.packages, NOT_IN_OPERATOR) == []
     assert {"kopf", "kubernetes", "metaflow", "scipy", "boto3"} <= set(full.packages)
