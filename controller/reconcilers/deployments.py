@@ -68,25 +68,24 @@ class ModelDeploymentReconciler:
         from controller.drift_monitor import DriftMonitor
 
         self.drift = DriftMonitor(self.ctx)
-        settings = self.ctx.settings
+        settings, replica = self.ctx.settings, replica_name()
         self.feed = DriftFeed(self.drift.store, settings.request_log_store_uri,
-                              settings.request_log_dir, replica_name(),
+                              settings.request_log_dir, replica,
                               on_drop=self.ctx.metrics.record_log_drop)
-        await self._start_receiver()
+        await self._start_receiver(replica)
 
-    async def _start_receiver(self) -> None:
+    async def _start_receiver(self, replica: str) -> None:
         """Seldon's request logger (cluster mode) feeds the drift log through this: on
         every replica, standby included, into the shared store (``drift_feed``)."""
         from aiohttp import web
 
-        from controller.drift_feed import replica_name
         from controller.serving.cloudevents import Receiver
 
         port = self.ctx.settings.request_logger_port
         if port < 0 or self.drift is None:
             return
         self.receiver = Receiver(self.drift.store, self.ctx.settings.request_log_store_uri,
-                                 replica_name(), on_drop=self.ctx.metrics.record_log_drop)
+                                 replica, on_drop=self.ctx.metrics.record_log_drop)
         runner = web.AppRunner(self.receiver.app(), access_log=None)
         await runner.setup()
         try:
