@@ -57,6 +57,10 @@ class Settings:
     # the pull secrets as names (comma-separated or a JSON list).
     trainer_node_selector: dict[str, str] = field(default_factory=dict)
     trainer_tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Added for runs that ask for a GPU only (a GPU pool's label and taint), so CPU-only
+    # runs stay off the GPU nodes: merged into / appended to the two above.
+    trainer_gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    trainer_gpu_tolerations: list[dict[str, Any]] = field(default_factory=list)
     trainer_image_pull_secrets: list[str] = field(default_factory=list)
     trainer_priority_class: str = ""
     # A run that has not ended after this long is stopped (the Job's activeDeadlineSeconds).

@@ -141,6 +141,9 @@ class DevCluster:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
+            # As OpenShift does: an ownerReference with blockOwnerDeletion only from who
+            # may update the owner's finalizers (the operator's role must say so).
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--v=0",
         ]
         if node:

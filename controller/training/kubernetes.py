@@ -80,7 +80,8 @@ def container_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _env(settings: Settings, commit: str | None, gpu: bool) -> list[dict[str, Any]]:
+def _env(settings: Settings, commit: str | None, gpu: bool, cpu: int | str
+         ) -> list[dict[str, Any]]:
     """Where the run keeps its files (the pod's scratch, never the read-only image) and
     what it talks to: the S3 datastore and model store, the metadata service if any."""
     env = {
@@ -96,11 +97,16 @@ def _env(settings: Settings, commit: str | None, gpu: bool) -> list[dict[str, An
         "METAFLOW_CLIENT_CACHE_PATH": f"{WORK_DIR}/client-cache",
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": WORK_DIR,
         "METAFLOW_DEFAULT_METADATA": "service" if settings.metaflow_service_url else "local",
-        "TRELLIS_SOURCE_COMMIT": commit or "unknown",
         "TRELLIS_MODEL_STORE": settings.datastore_s3_root.rstrip("/") + "/models",
         # Asked for a GPU, the run uses it or fails: never trains on the CPU holding one.
         "TRELLIS_DEVICE": "cuda" if gpu else "cpu",
+        # cpu is a request, not a limit: torch would size its pools by the node's cores
+        # and, sharing them, run many times slower than on the cores it was given.
+        "OMP_NUM_THREADS": str(quantities.threads(cpu)),
+        "MKL_NUM_THREADS": str(quantities.threads(cpu)),
     }
+    if commit:  # else the flow asks git for the clone's HEAD itself
+        env["TRELLIS_SOURCE_COMMIT"] = commit
     if settings.metaflow_service_url:
         env["METAFLOW_SERVICE_URL"] = settings.metaflow_service_url
     if settings.s3_endpoint_url:
@@ -108,12 +114,16 @@ def _env(settings: Settings, commit: str | None, gpu: bool) -> list[dict[str, An
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def _scheduling(settings: Settings) -> dict[str, Any]:
+def _scheduling(settings: Settings, gpu: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if settings.trainer_node_selector:
-        out["nodeSelector"] = dict(settings.trainer_node_selector)
-    if settings.trainer_tolerations:
-        out["tolerations"] = list(settings.trainer_tolerations)
+    selector = {**settings.trainer_node_selector,
+                **(settings.trainer_gpu_node_selector if gpu else {})}
+    tolerations = [*settings.trainer_tolerations,
+                   *(settings.trainer_gpu_tolerations if gpu else [])]
+    if selector:
+        out["nodeSelector"] = selector
+    if tolerations:
+        out["tolerations"] = tolerations
     if settings.trainer_image_pull_secrets:
         out["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
     if settings.trainer_priority_class:
@@ -131,6 +141,7 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
     meta, spec = exp["metadata"], exp["spec"]
     name = job_name(meta["name"], key, attempt)
     resources = container_resources(spec.get("resources"))
+    gpu = GPU_RESOURCE in resources["limits"]
     labels = {
         api.LABEL_MANAGED_BY: api.MANAGED_BY,
         api.LABEL_EXPERIMENT: meta["name"],
@@ -154,8 +165,7 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
         "command": ["python", "-m", "controller.training.podrun"],
         "workingDir": WORK_DIR,
         "env": [{"name": "TRELLIS_RUN_REQUEST", "value": json.dumps(request, sort_keys=True)},
-                *_env(settings, commit, "limits" in resources
-                      and GPU_RESOURCE in resources["limits"])],
+                *_env(settings, commit, gpu, run_resources(spec.get("resources"))["cpu"])],
         "envFrom": [{"secretRef": {"name": settings.s3_secret}}],
         "resources": resources,
         "securityContext": CONTAINER_SECURITY,
@@ -171,7 +181,7 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
         "securityContext": POD_SECURITY,
         "containers": [container],
         "volumes": volumes,
-        **_scheduling(settings),
+        **_scheduling(settings, gpu),
     }
     if source_url:
         # Train exactly the merged code: the commit the spec came from.
@@ -189,7 +199,12 @@ def render_job(exp: dict[str, Any], key: RunKey, attempt: int, settings: Setting
             "ownerReferences": [owner_reference(exp)],
         },
         "spec": {
-            "backoffLimit": 0,  # Trellis' spec.retry decides about new attempts
+            "backoffLimit": 0,  # Trellis' spec.retry decides about new attempts ...
+            # ... but a pod preempted, evicted or drained is replaced by the Job
+            # controller without counting as a failure (Kubernetes' documented pairing
+            # of backoffLimit 0 with this rule).
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [
+                {"type": "DisruptionTarget", "status": "True"}]}]},
             "activeDeadlineSeconds": settings.trainer_deadline_seconds,
             "ttlSecondsAfterFinished": 7 * 24 * 3600,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
@@ -227,8 +242,10 @@ class KubernetesTrainingBackend:
         self.kube = kube
         self.settings = settings
         self.children = children or Children(kube)  # no watches: read by GET
-        # Job uid -> (next look at its Events, interval, what the last look found)
-        self._refusals: dict[str, tuple[float, float, podstate.Blocked | None]] = {}
+        # (namespace, Job name, uid) -> (next look at its Events, interval, what the last
+        # look found); dropped once the Job has pods, ends, disappears or is deleted.
+        self._refusals: dict[tuple[str, str, str], tuple[float, float,
+                                                         podstate.Blocked | None]] = {}
 
     async def launch(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The Job, and whether it already existed (created before a restart or by a
@@ -246,14 +263,13 @@ class KubernetesTrainingBackend:
     async def observe(self, namespace: str, name: str) -> JobObservation:
         job = await self.children.get(JOBS, namespace, name)
         state, message = job_state(job.obj)
-        uid = ((job.obj or {}).get("metadata") or {}).get("uid", "")
         if state == "running":
             pods = await self.children.pods_of_job(namespace, job)
             if pods:
-                self._refusals.pop(uid, None)
+                self._forget(namespace, name)
                 return JobObservation(state, message, podstate.blocked(pods))
             return JobObservation(state, message, await self._refused(namespace, job.obj))
-        self._refusals.pop(uid, None)
+        self._forget(namespace, name)
         if state == "lost":
             return JobObservation(state, message)
         # Listed, not cached: the Pods' watch may not have delivered their final status
@@ -268,6 +284,9 @@ class KubernetesTrainingBackend:
                                   "result (pathspec and model)", result=result)
         if result and result.get("error"):
             said = f"{message}: {result['error']}"
+            oom = podstate.out_of_memory(pods)
+            if oom:
+                said += f" ({oom} ran out of memory: OOMKilled; raise resources.memory)"
             if result.get("output"):
                 said += f"; its output ended:\n{result['output']}"
             return JobObservation(state, said, result=result)
@@ -281,11 +300,11 @@ class KubernetesTrainingBackend:
         if started is None or (dt.datetime.now(dt.UTC) - started).total_seconds() \
                 < REFUSAL_CHECK_S:
             return None  # not started by the Job controller yet, or just now
-        uid, now = job["metadata"].get("uid", ""), time.monotonic()
-        next_at, interval, found = self._refusals.get(uid, (now, REFUSAL_CHECK_S / 2, None))
+        name, now = job["metadata"]["name"], time.monotonic()
+        key = (namespace, name, job["metadata"].get("uid", ""))
+        next_at, interval, found = self._refusals.get(key, (now, REFUSAL_CHECK_S / 2, None))
         if now < next_at:
             return found
-        name = job["metadata"]["name"]
         try:
             events = await self.kube.list(
                 EVENTS, namespace,
@@ -298,10 +317,15 @@ class KubernetesTrainingBackend:
             events = []
         found = podstate.creation_refused(job, events)
         interval = min(interval * 2, REFUSAL_CHECK_MAX_S)
-        self._refusals[uid] = (now + interval, interval, found)
+        self._refusals[key] = (now + interval, interval, found)
         return found
+
+    def _forget(self, namespace: str, name: str) -> None:
+        for key in [k for k in self._refusals if k[:2] == (namespace, name)]:
+            del self._refusals[key]
 
     async def delete(self, namespace: str, name: str) -> bool:
         """Delete the run's Job and, in the background, its pod (SIGTERM, then the grace
         period): podrun passes the signal to every process of the flow."""
+        self._forget(namespace, name)
         return await self.kube.delete(JOBS, namespace, name)

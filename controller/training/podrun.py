@@ -69,8 +69,11 @@ def read_run(flow_name: str, run_id: str) -> dict[str, Any]:
 
 
 def message(outcome: dict[str, Any], limit: int = MESSAGE_LIMIT) -> str:
-    """The outcome as JSON within ``limit`` bytes: the oldest epochs go first, then the
-    start of the output's tail (its end says what broke); the error line stays whole."""
+    """The outcome as JSON within ``limit`` bytes (the kubelet keeps a message's last
+    4096, which would not parse): the oldest epochs go first, then the start of the
+    output's tail (its end says what broke), then metrics that are not numbers (a large
+    confusion matrix; only numbers reach the status), then the metrics themselves
+    (``truncated`` says so). The pathspec, model and error line stay whole."""
     doc = {MARKER: 1, **outcome}
 
     def dump() -> str:
@@ -86,6 +89,15 @@ def message(outcome: dict[str, Any], limit: int = MESSAGE_LIMIT) -> str:
             kept = kept[max(16, len(text.encode()) - limit + 3):]
             doc[key] = "..." + kept
             text = dump()
+    if len(text.encode()) > limit and isinstance(doc.get("metrics"), dict):
+        doc["metrics"] = {k: v for k, v in doc["metrics"].items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)}
+        doc["truncated"] = True
+        text = dump()
+    if len(text.encode()) > limit:
+        doc.pop("metrics", None)
+        doc.pop("epoch_metrics", None)
+        text = dump()
     return text
 
 

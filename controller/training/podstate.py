@@ -96,6 +96,18 @@ def failure_detail(pods: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def out_of_memory(pods: list[dict[str, Any]]) -> str | None:
+    """Which container the runtime reports OOM-killed. Where only the biggest process
+    is killed (cgroup v1, the kubelet's singleProcessOOMKill), podrun outlives the flow
+    and reports a plain exit code: this names the cause."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                return f"pod {pod['metadata']['name']}, container {cs.get('name')}"
+    return None
+
+
 def run_result(pods: list[dict[str, Any]], container: str) -> dict[str, Any] | None:
     """The run's outcome as ``controller.training.podrun`` wrote it into the termination
     message of ``container`` (the newest pod's), or None when no pod left one."""

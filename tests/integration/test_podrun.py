@@ -116,3 +116,15 @@ def test_the_message_fits_what_kubernetes_keeps() -> None:
     assert len(text.encode()) <= podrun.MESSAGE_LIMIT
     assert json.loads(text)["output"].endswith("the end")
     assert json.loads(text)["error"] == "the flow exited with code 1"
+
+
+def test_a_large_metric_gives_way_and_the_run_still_reads_as_done() -> None:
+    """A 100-class confusion matrix does not fit in 4096 bytes: it goes (only numbers
+    reach the status), the accuracy and the run's pathspec and model stay."""
+    matrix = [[7] * 100 for _ in range(100)]
+    text = podrun.message({"pathspec": "F/1", "model_uri": "s3://b/m/1",
+                           "metrics": {"accuracy": 0.93, "confusion_matrix": matrix}})
+    doc = json.loads(text)
+    assert len(text.encode()) <= podrun.MESSAGE_LIMIT
+    assert doc["metrics"] == {"accuracy": 0.93} and doc["truncated"] is True
+    assert (doc["pathspec"], doc["model_uri"]) == ("F/1", "s3://b/m/1")

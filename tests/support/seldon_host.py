@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -195,6 +197,10 @@ class SeldonHost:
         self.missing: dict[str, str] = {}  # predictor -> why its pods never came up
         if not (SERVING_PYTHON.parent / "seldon-core-microservice").exists():
             raise SeldonHostError(f"serving environment missing: {SERVING_PYTHON.parent.parent}")
+        # The model servers' TMPDIR: seldon-core's multiprocessing manager, stopped with
+        # its server, leaves a pymp-* directory there (and its socket path must stay
+        # short, so not under the test's own directory).
+        self.scratch = tempfile.mkdtemp(prefix="seldon-host-")
 
     # ------------------------------------------------------------------- sync
     def sync(self, sdep: dict[str, Any]) -> None:
@@ -259,7 +265,7 @@ class SeldonHost:
         env = _server_env() | model_env(sdep, predictor, container, http_port=http_port,
                                         grpc_port=grpc_port, metrics_port=metrics_port)
         env |= {"MODEL_URI": str(source), "PYTHONPATH": str(ROOT / "serving"),
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", "TMPDIR": self.scratch}
         log = self.root / f"{predictor['name']}-{source.name}-{http_port}-model.log"
         script = SERVING_PYTHON.parent / "seldon-core-microservice"
         argv = [str(script), MODEL_CLASS, "--service-type", "MODEL",
@@ -315,6 +321,7 @@ class SeldonHost:
         for procs in self.procs.values():
             self._stop(procs)
         self.procs = {}
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class Ingress:

@@ -77,6 +77,10 @@ class FakeKube:
         self.objects[(res.plural, obj["metadata"]["name"])] = created
         return created
 
+    async def delete(self, res, namespace, name):
+        self.calls.append(("delete", res.plural))
+        return self.objects.pop((res.plural, name), None) is not None
+
 
 def indices(jobs: Index | None = None, pods: Index | None = None,
             sdeps: Index | None = None) -> dict[str, Index]:
@@ -360,6 +364,19 @@ def test_a_started_job_without_pods_is_explained_by_its_events_with_a_backoff() 
     again = asyncio.run(backend.observe(NS, "j"))
     assert again.blocked == seen.blocked  # remembered, not asked again
     assert kube.calls == [("list", "events")]
+
+
+def test_deleting_a_refused_job_forgets_what_its_events_said() -> None:
+    """An Experiment deleted while its Job is refused takes the Job's backoff entry with
+    it: the operator keeps nothing per deleted run."""
+    kube = FakeKube({("events", "e1"): FAILED_CREATE})
+    cache = Children(kube, indices(Index().add(children.job_entry(
+        _refused_job("2026-11-30T00:00:00Z"))), Index()))
+    backend = KubernetesTrainingBackend(kube, Settings(), cache)
+    assert asyncio.run(backend.observe(NS, "j")).blocked is not None
+    assert backend._refusals
+    asyncio.run(backend.delete(NS, "j"))
+    assert not backend._refusals
 
 
 def test_a_job_just_started_or_not_started_asks_nothing() -> None:

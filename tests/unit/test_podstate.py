@@ -77,3 +77,11 @@ def test_creation_refused_says_the_job_controllers_latest_word() -> None:
     found = podstate.creation_refused(job, events)
     assert found == podstate.Blocked("FailedCreate", "Job j: violates PodSecurity")
     assert podstate.creation_refused(job, events[2:]) is None
+
+
+def test_out_of_memory_names_the_container_the_runtime_killed() -> None:
+    def ended(reason: str) -> dict:
+        return _pod(containerStatuses=[{"name": "flow", "state": {"terminated": {
+            "exitCode": 1, "reason": reason}}}])
+    assert podstate.out_of_memory([ended("Error")]) is None
+    assert podstate.out_of_memory([ended("OOMKilled")]) == "pod p, container flow"

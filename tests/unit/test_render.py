@@ -78,6 +78,10 @@ def test_training_job_runs_the_whole_flow_in_one_pod() -> None:
         "requests": {"cpu": "4", "memory": "8192Mi"},
         "limits": {"memory": "8192Mi", "nvidia.com/gpu": "1"}}
     assert env["TRELLIS_DEVICE"] == "cuda"  # holding a GPU, never trains on the CPU
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4"  # its cores, not the node's
+    # a preempted or evicted pod is replaced, not counted against spec.retry
+    assert job["spec"]["podFailurePolicy"]["rules"] == [{"action": "Ignore", "onPodConditions": [
+        {"type": "DisruptionTarget", "status": "True"}]}]
     assert env["METAFLOW_DEFAULT_DATASTORE"] == "s3"
     assert env["METAFLOW_DATASTORE_SYSROOT_S3"] == "s3://bucket/mf"
     assert env["METAFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -106,7 +110,8 @@ def test_cpu_only_runs_ask_for_no_gpu_and_use_the_metadata_service_when_set() ->
     assert json.loads(env["TRELLIS_RUN_REQUEST"])["flow_file"] == "/app/flows/pumpkin_flow.py"
     assert (env["METAFLOW_DEFAULT_METADATA"], env["METAFLOW_SERVICE_URL"]) == (
         "service", "http://metaflow-service:8080")
-    assert env["TRELLIS_SOURCE_COMMIT"] == "unknown"
+    assert "TRELLIS_SOURCE_COMMIT" not in env  # the flow asks git for it
+    assert env["OMP_NUM_THREADS"] == "1"  # 500m: one thread
     assert "METAFLOW_S3_ENDPOINT_URL" not in env  # AWS itself
 
 
@@ -143,6 +148,18 @@ def test_scheduling_comes_from_the_operator_configuration() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
     assert pod["priorityClassName"] == "training"
     assert job["spec"]["activeDeadlineSeconds"] == 3600
+    pools = Settings.from_env({
+        "TRELLIS_TRAINER_NODE_SELECTOR": '{"zone": "a"}',
+        "TRELLIS_TRAINER_GPU_NODE_SELECTOR": '{"pool": "gpu"}',
+        "TRELLIS_TRAINER_GPU_TOLERATIONS": '[{"key": "nvidia.com/gpu", "operator": "Exists"}]',
+    })
+    cpu_only = {**EXP, "spec": {**EXP["spec"], "resources": {"cpu": 2}}}
+    on_gpu, on_cpu = (render_job(e, RunKey(1), 1, pools, parameters={}, tags={}, commit=None,
+                                 source_url=None)["spec"]["template"]["spec"]
+                      for e in (EXP, cpu_only))
+    assert on_gpu["nodeSelector"] == {"zone": "a", "pool": "gpu"}
+    assert on_gpu["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert on_cpu["nodeSelector"] == {"zone": "a"} and "tolerations" not in on_cpu
     plain = render_job(EXP, RunKey(1), 1, Settings(), parameters={}, tags={}, commit=None,
                        source_url=None)["spec"]["template"]["spec"]
     assert not {"nodeSelector", "tolerations", "imagePullSecrets",
