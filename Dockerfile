@@ -128,6 +128,7 @@ FROM base AS model-server
 WORKDIR /app/serving
 COPY --from=build-serving /app/.venv-serving /app/.venv-serving
 COPY serving/PumpkinModel.py ./PumpkinModel.py
+COPY serving/pumpkin_inputs.py ./pumpkin_inputs.py
 ENV PATH=/app/.venv-serving/bin:$PATH \
     PYTHONPATH=/app/serving \
     MODEL_URI=/mnt/models \

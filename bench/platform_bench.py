@@ -5,7 +5,13 @@
    same data (same seed, photos and epochs) — the ratio is what Trellis + Metaflow cost.
 2. Serving, side by side in one run with the model that training produced: requests
    through the router + Seldon wrapper, straight to the Seldon wrapper, and the bare
-   TorchScript forward in-process (p50, p99, requests/s; overhead ratios).
+   TorchScript forward in-process (p50, p99, requests/s; overhead ratios); and one photo
+   sent as ``binData`` PNG against the same photo as ``ndarray`` JSON (body bytes, p50,
+   p99, through the router and direct).
+
+``--serving-only`` skips training (and the dev cluster) and serves an untrained
+``PumpkinNet`` exported as training exports it: the latency figures are the same, the
+answers are not meaningful.
 
 Prints JSON rows ``{"name","value","unit","baseline","baseline_value","ratio","notes"}``.
 """
@@ -28,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.rows import row  # noqa: E402
+from bench.rows import emit, row  # noqa: E402
 from controller.devcluster.cluster import DevCluster  # noqa: E402
 
 PARAMS = {"seed": 7, "epochs": 4, "lr": 0.003, "variety": "orange"}
@@ -86,6 +92,43 @@ def _image_body() -> bytes:
     return json.dumps({"data": {"ndarray": x.tolist()}}).encode()
 
 
+def _photo_pixels() -> Any:
+    """The photo ``_image_body`` sends, as the uint8 pixels a camera would have."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "flows"))
+    import pumpkin_data
+
+    return np.rint(pumpkin_data.generate(1, seed=3).x[0] * 255.0).astype(np.uint8)
+
+
+def _bin_data_body() -> bytes:
+    """One photo as Seldon ``binData``: PNG bytes, base64 in the JSON body."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_photo_pixels(), "RGB").save(buf, format="PNG")
+    return json.dumps({"binData": base64.b64encode(buf.getvalue()).decode()}).encode()
+
+
+def _untrained_model(work: Path) -> str:
+    """A model version directory holding an untrained ``PumpkinNet`` (``--serving-only``)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "flows"))
+    import pumpkin_model
+
+    torch.manual_seed(0)
+    directory = work / "models" / "1"
+    directory.mkdir(parents=True)
+    (directory / "model.pt").write_bytes(
+        pumpkin_model.to_torchscript(pumpkin_model.PumpkinNet().eval()))
+    return directory.as_uri()
+
+
 def time_http(url: str, body: bytes, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -95,6 +138,20 @@ def time_http(url: str, body: bytes, n: int) -> list[float]:
             resp.read()
         times.append((time.perf_counter() - t0) * 1000)
     return times
+
+
+def time_alternating(url: str, bodies: tuple[bytes, bytes], n: int,
+                     warm_up: int = 20) -> tuple[list[float], list[float]]:
+    """Both bodies' latencies, sent in turn (a, b, a, b, ...) after ``warm_up`` of each."""
+    for _ in range(warm_up):
+        for body in bodies:
+            time_http(url, body, 1)
+    first: list[float] = []
+    second: list[float] = []
+    for _ in range(n):
+        first += time_http(url, bodies[0], 1)
+        second += time_http(url, bodies[1], 1)
+    return first, second
 
 
 def time_forward(model_dir: Path, n: int) -> list[float]:
@@ -139,6 +196,10 @@ def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
         routed = time_http(routed_url, body, n)
         straight = time_http(direct_url, body, n)
         bare = time_forward(Path(model_uri.removeprefix("file://")), n)
+        photo = _bin_data_body()
+        # alternating requests, so both kinds meet the same machine load and warm-up
+        nd_routed, photo_routed = time_alternating(routed_url, (body, photo), n)
+        nd_straight, photo_straight = time_alternating(direct_url, (body, photo), n)
     finally:
         asyncio.run(backend.teardown("bench", "classifier"))
     rows = []
@@ -157,6 +218,28 @@ def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
                     "Seldon wrapper direct", rps["direct"], note + "; sequential client"))
     rows.append(row("serving throughput: Seldon wrapper direct", rps["direct"], "req/s",
                     "bare model forward in-process", rps["bare"], note))
+    rows += _photo_rows(n, len(body), len(photo), (nd_routed, nd_straight),
+                        (photo_routed, photo_straight))
+    return rows
+
+
+def _photo_rows(n: int, ndarray_bytes: int, photo_bytes: int,
+                ndarray: tuple[list[float], list[float]],
+                photo: tuple[list[float], list[float]]) -> list[dict[str, Any]]:
+    """binData PNG vs ndarray JSON for the same photo, both sides timed alike."""
+    work = ("both: one 64x64 photo per request, the same photo, the same model server and "
+            f"router (request log off), 20 warm-up requests each then {n} each, sent "
+            "alternately one at a time; "
+            "binData: PNG decoded by Pillow in the model server; ndarray: JSON floats (4 "
+            "decimals) parsed and checked by the model server")
+    rows = [row("serving request body: one photo as binData PNG", photo_bytes, "bytes",
+                "the same photo as ndarray JSON", ndarray_bytes,
+                "JSON body sent to the endpoint; PNG is base64 in the binData field", digits=0)]
+    for q in (50, 99):
+        for path, index in (("router + Seldon wrapper", 0), ("Seldon wrapper direct", 1)):
+            rows.append(row(f"serving p{q} latency: binData PNG photo, {path}",
+                            pct(photo[index], q), "ms", f"ndarray JSON photo, {path}",
+                            pct(ndarray[index], q), work))
     return rows
 
 
@@ -164,10 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--out", help="also write the JSON rows here")
+    parser.add_argument("--serving-only", action="store_true",
+                        help="no training: serve an untrained PumpkinNet (latency rows only)")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
         work = Path(tmp)
+        if args.serving_only:
+            rows = serving(_untrained_model(work), work, args.requests)
+            emit(rows, args.out)
+            return 0
         wall, status = train_through_operator(work)
         base = baseline()
         run = (status.get("runs") or [{}])[-1]

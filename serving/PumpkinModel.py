@@ -19,6 +19,10 @@ line and takes the class of the same name from it). Environment:
   ``latency_ms=400`` sleeps that long before predicting, ``seed=7`` makes the error draws
   reproducible. Unknown keys stop the server at start-up rather than being ignored.
 
+Requests: ``data.ndarray``, ``data.tensor`` or ``binData`` (one 64×64 PNG/JPEG photo);
+the rules and their 400s are in ``pumpkin_inputs``. A ``tensor`` request is answered as a
+tensor, the other two as ``data.ndarray`` class probabilities.
+
 Why ``predict_raw`` and not ``predict``: 1.17.1 converts the payload with ``np.array``
 before ``predict`` is called, so a ragged ``ndarray`` or a tensor whose ``values`` do not
 match its ``shape`` becomes an unhandled ValueError, i.e. HTTP 500. The raw hook sees the
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -45,24 +48,18 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 from flask import Blueprint, request
+from pumpkin_inputs import IMAGE_SHAPE, bad_input, images_from_request
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import BadRequest, HTTPException
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ["bad", "good"]
-IMAGE_SHAPE = (64, 64, 3)
-MAX_BATCH = 256
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 PREDICTION_PATHS = frozenset({"/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"})
 FEEDBACK_PATHS = frozenset({"/send-feedback", "/api/v1.0/feedback", "/api/v0.1/feedback"})
 _DRAIN_LIMIT = 64 * 1024 * 1024  # read an oversize body this far so the 413 reaches the client
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def bad_input(message: str, status_code: int = 400) -> SeldonMicroserviceException:
-    """A client error in Seldon's error format (``status.info`` carries the message)."""
-    return SeldonMicroserviceException(message, status_code=status_code, reason="TRELLIS_BAD_INPUT")
 
 
 @dataclass(frozen=True)
@@ -103,69 +100,6 @@ def local_model_dir(uri: str) -> Path:
     if not (path / "model.pt").is_file():
         raise FileNotFoundError(f"MODEL_URI {uri!r}: no model.pt in {path}")
     return path
-
-
-def images_from_request(message: object) -> tuple[np.ndarray, str]:
-    """Validate a Seldon JSON request and return the images as float32 plus the data kind.
-
-    Every rule of the input contract has its own message, because the client reading the
-    400 is usually a person with curl.
-    """
-    if not isinstance(message, dict):
-        raise bad_input(f"request body must be a JSON object, got {type(message).__name__}")
-    data = message.get("data")
-    if not isinstance(data, dict):
-        raise bad_input('request needs a "data" object with "ndarray" or "tensor"')
-    if "ndarray" in data:
-        kind, raw = "ndarray", data["ndarray"]
-        if not isinstance(raw, list):
-            raise bad_input("data.ndarray must be a list of images")
-        if not raw:
-            raise bad_input("empty batch: data.ndarray has no images (need 1 to 256)")
-        if len(raw) > MAX_BATCH:
-            raise bad_input(f"batch of {len(raw)} images is too large; at most {MAX_BATCH}")
-    elif "tensor" in data:
-        kind, tensor = "tensor", data["tensor"]
-        if not isinstance(tensor, dict):
-            raise bad_input('data.tensor must be an object with "shape" and "values"')
-        shape, raw = tensor.get("shape"), tensor.get("values")
-        if not (isinstance(shape, list)
-                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
-            raise bad_input("data.tensor.shape must be a list of integers")
-        if not isinstance(raw, list):
-            raise bad_input("data.tensor.values must be a flat list of numbers")
-        if len(shape) != 4 or tuple(shape[1:]) != IMAGE_SHAPE:
-            raise bad_input(f"expected shape (N, 64, 64, 3), got {tuple(shape)}")
-        if not 1 <= shape[0] <= MAX_BATCH:
-            raise bad_input(f"batch size {shape[0]} out of range: need 1 to {MAX_BATCH}")
-        if len(raw) != math.prod(shape):
-            raise bad_input(
-                f"data.tensor.values has {len(raw)} values but shape {tuple(shape)} "
-                f"needs {math.prod(shape)}"
-            )
-    else:
-        raise bad_input('data must hold "ndarray" or "tensor" (binData/strData are not accepted)')
-
-    try:
-        array = np.asarray(raw)
-    except ValueError:
-        raise bad_input(f"data.{kind} is ragged: the images do not all have one shape") from None
-    if array.dtype.kind not in "iuf":
-        what = "booleans" if array.dtype.kind == "b" else "non-numeric or null values"
-        raise bad_input(f"data.{kind} holds {what} (numpy dtype {array.dtype}); send numbers")
-    if kind == "tensor":
-        array = array.reshape(shape)
-    if array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE:
-        hint = "; wrap a single image in a list" if array.shape == IMAGE_SHAPE else ""
-        raise bad_input(f"expected shape (N, 64, 64, 3), got {array.shape}{hint}")
-    array = array.astype(np.float32)
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise bad_input(f"{int(array.size - finite.sum())} non-finite values (NaN/Infinity)")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        raise bad_input(f"pixel values must lie in [0, 1]; got min={low:g}, max={high:g}")
-    return array, kind
 
 
 def _check_json(text: str | bytes, where: str) -> Any:

@@ -169,7 +169,7 @@ def request_record(rid: str, ts: float, body: Any) -> bytes:
     try:
         x = images_uint8(body)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError("the request carries no images (data.ndarray or data.tensor)") \
+        raise ValueError("the request carries no images (data.ndarray, data.tensor or binData)") \
             from exc
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or len(x) == 0:
         raise ValueError(f"expected images of shape (n, 64, 64, 3), got {x.shape}")

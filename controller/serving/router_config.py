@@ -14,8 +14,11 @@ File format (JSON)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -30,6 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+
+from controller.serving.requestlog_read import IMAGE_SHAPE
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 10.0
@@ -348,7 +353,12 @@ def status_info(answer: object) -> str:
 
 
 def images_uint8(message: dict[str, Any]) -> np.ndarray:
-    """The request's images (already validated by the model) as uint8 for the log."""
+    """The request's images (already validated by the model) as uint8 for the log.
+
+    A ``binData`` photo is logged as the pixels the model saw (12,288 bytes), not as its
+    PNG/JPEG bytes, so the log, the inbox and the retraining export keep one format."""
+    if "binData" in message:
+        return bin_data_uint8(message["binData"])
     data = message["data"]
     if "ndarray" in data:  # the model's precedence: ndarray wins over a tensor next to it
         images = np.asarray(data["ndarray"], dtype=np.float32)
@@ -356,3 +366,22 @@ def images_uint8(message: dict[str, Any]) -> np.ndarray:
         tensor = data["tensor"]
         images = np.asarray(tensor["values"], dtype=np.float32).reshape(tensor["shape"])
     return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def bin_data_uint8(encoded: str | bytes) -> np.ndarray:
+    """A ``binData`` request's one photo (base64 PNG/JPEG) as uint8 (1, 64, 64, 3).
+
+    The model server (``serving/pumpkin_inputs.py``) enforces the rules and answers 400;
+    here a photo it accepted is decoded the same way (Pillow, converted to RGB). A photo
+    that does not decode to one 64×64 image is a ValueError."""
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        with Image.open(io.BytesIO(raw), formats=("PNG", "JPEG")) as image:
+            if image.size != IMAGE_SHAPE[1::-1]:
+                raise ValueError(f"binData image is {image.width}x{image.height}, not 64x64")
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, binascii.Error, TypeError) as exc:
+        raise ValueError(f"binData is not a PNG/JPEG photo: {exc}") from None
+    return pixels[None]

@@ -5,6 +5,7 @@ behind the real router, driven through LocalServingBackend and Seldon's REST API
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -30,7 +31,13 @@ from controller.serving.local import (
     ServingObserved,
 )
 from controller.serving.requestlog_read import RequestLogReader
-from tests.support.fake_model import labels_of, make_images, payload, write_model_version
+from tests.support.fake_model import (
+    labels_of,
+    make_images,
+    payload,
+    png,
+    write_model_version,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -178,6 +185,22 @@ def test_predictions_and_bad_input(harness: Harness) -> None:
         assert meta["tags"]["trellis.predictor"] == "stable" and meta["routing"]
         assert "trellis.features" not in meta["tags"]  # consumed by the request log
 
+    # one photo as binData: JSON through the router, or a multipart upload (Seldon's
+    # `curl -F binData=@photo.png`) straight to the model server; answered as ndarray
+    pixels = np.rint(images[0] * 255).astype(np.uint8)
+    want = labels_of(pixels[None].astype(np.float32) / 255).tolist()
+    status, answer = http("POST", router, {"binData": base64.b64encode(png(pixels)).decode()})
+    assert status == 200 and np.argmax(answer["data"]["ndarray"], 1).tolist() == want, answer
+    boundary = "photo"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="binData"; '
+            f'filename="p.png"\r\nContent-Type: image/png\r\n\r\n').encode() \
+        + png(pixels) + f"\r\n--{boundary}--\r\n".encode()
+    upload = urllib.request.Request(
+        direct, data=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(upload, timeout=60) as resp:
+        answer = json.loads(resp.read())
+    assert np.argmax(answer["data"]["ndarray"], 1).tolist() == want, answer
+
     nan = images[:1].copy()
     nan[0, 0, 0, 0] = np.nan
     big = b'{"data": {"ndarray": [' + b"0.5, " * (2_100_000) + b"0.5]}}"  # ~10 MB
@@ -189,6 +212,10 @@ def test_predictions_and_bad_input(harness: Harness) -> None:
         (payload(images[:1] * 2), 400, "must lie in [0, 1]"),
         ({"data": {"ndarray": [[[[0.5]]], [[0.5]]]}}, 400, "ragged"),
         ({"strData": "pumpkin"}, 400, '"data" object'),
+        ({"binData": base64.b64encode(b"not a photo").decode()}, 400, "not a PNG or JPEG"),
+        ({"binData": base64.b64encode(png(np.zeros((32, 32, 3), np.uint8))).decode()}, 400,
+         "expected exactly 64x64"),
+        ({"binData": "%%%"}, 400, "not valid base64"),
         (big, 413, "exceeds the limit"),
     ]
     for url in (router, direct):
@@ -200,7 +227,7 @@ def test_predictions_and_bad_input(harness: Harness) -> None:
     assert http("GET", obs.endpoint + "/health/ping") == (200, "pong")
     stable = {"predictor": "stable", "version": "1"}
     assert metric(obs.endpoint, "trellis_router_requests_total", code="200", **stable) >= 2
-    assert metric(obs.endpoint, "trellis_router_requests_total", code="400", **stable) == 6
+    assert metric(obs.endpoint, "trellis_router_requests_total", code="400", **stable) == 9
     assert metric(obs.endpoint, "trellis_router_rejected_total", code="413") == 1
     assert metric(obs.endpoint, "trellis_router_predictions_total", **stable) >= 6
     _, seldon = http("GET", f"http://127.0.0.1:{_metrics_port(harness, 'basic')}/metrics")

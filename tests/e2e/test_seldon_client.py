@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.serving.requestlog_read import RequestLogReader
+from controller.serving.requestlog_read import RequestLogReader, chunk_paths, read_chunk
 from tests.e2e import test_local_serving as local
 from tests.e2e.test_local_serving import PREDICT, SERVING_PYTHON, Harness, http, info, metric
 from tests.support.fake_model import labels_of, make_images, payload
@@ -22,6 +23,7 @@ from tests.support.fake_model import labels_of, make_images, payload
 pytestmark = pytest.mark.e2e
 
 CALLS = Path(__file__).resolve().parents[1] / "support" / "seldon_client_calls.py"
+BIN_CALLS = CALLS.with_name("seldon_client_bindata.py")
 COMBOS = [(g, k) for g in ("seldon", "ambassador", "istio") for k in ("ndarray", "tensor")]
 models = local.models  # the same model versions (module-scoped, so written once here)
 harness = local.harness
@@ -101,3 +103,41 @@ def test_a_model_failure_keeps_its_status(harness: Harness) -> None:
     assert status == 400 and "expected shape" in info(answer)
     stable = {"predictor": "stable", "version": "1"}
     assert metric(obs.endpoint, "trellis_router_requests_total", code="500", **stable) == 2
+
+
+def test_seldon_client_bin_data_png_gets_the_ndarray_answer(
+        harness: Harness, tmp_path: Path) -> None:
+    """A photo sent as PNG ``binData`` is classed as the same pixels sent as ``ndarray``
+    are, gets drift features, and lands in the request log as those pixels."""
+    desired = harness.desired("photos", harness.spec("stable", 1, 100))
+    obs = harness.ensure(desired)
+    assert obs.ready, obs
+    pixels = np.rint(make_images(4, seed=23) * 255.0).astype(np.uint8)
+    labels = labels_of(pixels.astype(np.float32) / 255.0)
+    assert set(labels.tolist()) == {0, 1}  # both classes, so a constant answer fails
+    np.save(tmp_path / "pixels.npy", pixels)
+    host = obs.endpoint.split("://", 1)[1].rstrip("/")
+    run = subprocess.run(
+        [str(SERVING_PYTHON), str(BIN_CALLS), host, "farm", "photos",
+         str(tmp_path / "pixels.npy")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert len(report) == 4
+    for entry, label in zip(report, labels, strict=True):
+        assert entry["bin_success"] and entry["nd_success"], entry
+        sent, plain = entry["bin"], entry["ndarray"]
+        assert np.argmax(sent["data"]["ndarray"][0]) == label, entry
+        np.testing.assert_allclose(sent["data"]["ndarray"], plain["data"]["ndarray"],
+                                   rtol=1e-6)
+        assert sent["data"]["names"] == ["bad", "good"]
+    reader = RequestLogReader(desired.log_dir)
+    deadline = time.monotonic() + 30  # the router flushes its log buffer every 2 s
+    while len(reader.recent_features(100)[0]) < 8 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    feats, _ = reader.recent_features(100)
+    assert len(feats) == 8 and np.isfinite(feats).all() and feats.shape[1] > 0, feats.shape
+    assert np.allclose(feats[0::2], feats[1::2], atol=1e-5)  # the drift features agree
+    # each photo was logged twice (binData, then ndarray) as the same uint8 pixels
+    chunks = [read_chunk(path, ("x",)) for _, path in chunk_paths(desired.log_dir)]
+    logged = np.concatenate([c[0] for c in chunks if c is not None])
+    assert [p.tobytes() for p in logged] == [p.tobytes() for p in np.repeat(pixels, 2, 0)]

@@ -17,10 +17,13 @@ Sending them and judging the answers is ``tests/support/endpointfuzz.py``.
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
 import random
 import re
+import struct
 import urllib.parse
 import zlib
 from collections.abc import Callable
@@ -61,6 +64,24 @@ def image(rng: random.Random, low: float = 0.0, high: float = 1.0) -> list:
     return arr.tolist()
 
 
+def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its signature, IHDR and IEND: the size it claims, no pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 class Generator:
     """Seeded request generator; ``puids`` holds puids the router really issued."""
 
@@ -97,6 +118,23 @@ class Generator:
         n = n if n is not None else self.rng.randrange(1, 3)
         return [self.rng.choice(self.images) for _ in range(n)]
 
+    def bin_data(self) -> str:
+        """base64 text for ``binData``: a good 64x64 PNG or JPEG, or one that breaks a rule
+        (wrong size, cut short, a header claiming a huge image, bytes that are no image,
+        text that is no base64)."""
+        r = self.rng
+        pixels = np.asarray(self.images[0], dtype=np.float64)
+        photo = _encoded(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8),
+                         r.choice(["PNG", "JPEG"]))
+        raw = r.choice([
+            photo, photo,
+            _encoded(np.zeros((r.randrange(1, 200), r.randrange(1, 200), 3), np.uint8), "PNG"),
+            photo[: r.randrange(len(photo))], photo + b"\x00" * r.randrange(1, 100),
+            _png_header(r.choice([64, 65, 20000, 2**31 - 1]), 64), bytes(r.randrange(100)),
+        ])
+        text = base64.b64encode(raw).decode()
+        return r.choice([text, text, text[:-1], "!" + text, text + "====", text.replace("A", "-")])
+
     # ---- prediction bodies ---------------------------------------------------------
     def prediction(self) -> tuple[str, Any]:
         r = self.rng
@@ -113,6 +151,8 @@ class Generator:
             ("top-level not an object", lambda: r.choice([[], [1], "x", 5, None, True, 1.5])),
             ("no data", lambda: {r.choice(["strData", "binData", "jsonData", "x"]):
                                  self.value()}),
+            ("binData photo", lambda: {"binData": self.bin_data()}),
+            ("binData and data", lambda: {"binData": self.bin_data(), **valid}),
             ("data not an object", lambda: {"data": self.value()}),
             ("ndarray not a list", lambda: {"data": {"ndarray": self.scalar()}}),
             ("empty batch", lambda: {"data": {"ndarray": []}}),

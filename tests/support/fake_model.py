@@ -96,6 +96,17 @@ def payload(images: np.ndarray, kind: str = "ndarray") -> dict[str, Any]:
     return {"data": {"ndarray": images.tolist()}}
 
 
+def png(pixels: np.ndarray) -> bytes:
+    """``pixels`` (uint8 (h, w, 3)) as PNG bytes, what a ``binData`` request carries."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_model_version(
     directory: Path,
     *,

@@ -101,7 +101,7 @@ def test_the_project_dockerfile_targets_copy_what_they_need() -> None:
         assert {"uv.lock", "pyproject.toml"} <= set(dockerfile.context_sources(stages, target))
     # The model server shares no code with the operator: editing it rebuilds nothing there.
     assert dockerfile.context_sources(stages, "model-server") == [
-        "serving/PumpkinModel.py", "serving/requirements.lock"]
+        "serving/PumpkinModel.py", "serving/pumpkin_inputs.py", "serving/requirements.lock"]
 
 
 def test_mounted_environments_are_the_paths_the_dockerfile_copies() -> None:
