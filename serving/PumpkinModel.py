@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
-from flask import Blueprint, request
+from flask import Blueprint, has_request_context, request
 from pumpkin_inputs import IMAGE_SHAPE, bad_input, images_from_request
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import BadRequest, HTTPException
@@ -55,6 +55,9 @@ from werkzeug.exceptions import BadRequest, HTTPException
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ["bad", "good"]
+# Seldon's puid header (the executor's payload.SeldonPUIDHeader; the model server's
+# environment has no controller package to share controller.serving.router_http's).
+PUID_HEADER = "Seldon-Puid"
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 PREDICTION_PATHS = frozenset({"/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"})
 FEEDBACK_PATHS = frozenset({"/send-feedback", "/api/v1.0/feedback", "/api/v0.1/feedback"})
@@ -344,9 +347,8 @@ class PumpkinModel:
             "tags": self._request_tags(feats, preds),
             "metrics": self._request_metrics(images, preds, elapsed_ms),
         }
-        sent = message.get("meta")
-        puid = sent.get("puid") if isinstance(sent, dict) else None
-        if isinstance(puid, str):
+        puid = _puid(message)
+        if puid:
             meta["puid"] = puid
         return {"data": data, "meta": meta}
 
@@ -409,6 +411,17 @@ class PumpkinModel:
                 status_code=500,
                 reason="TRELLIS_INJECTED_FAULT",
             )
+
+
+def _puid(message: dict[str, Any]) -> str | None:
+    """The call's puid, for the answer's ``meta.puid``: in a cluster, the ``Seldon-Puid``
+    header Seldon's executor forwards (its request logger files the prediction under
+    it, so feedback that echoes the answer matches); else one the request carried."""
+    if has_request_context() and request.headers.get(PUID_HEADER):
+        return request.headers[PUID_HEADER]
+    sent = message.get("meta")
+    puid = sent.get("puid") if isinstance(sent, dict) else None
+    return puid if isinstance(puid, str) and puid else None
 
 
 def _version_from_env(model_uri: str) -> int | None:

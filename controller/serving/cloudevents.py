@@ -79,7 +79,8 @@ class Receiver:
 
     async def event(self, request: web.Request) -> web.Response:
         h = request.headers
-        kind, rid = h.get("Ce-Type", ""), h.get("Ce-Requestid") or h.get("Ce-Id")
+        # The pairing key is the puid in Ce-Requestid; Ce-Id is new for every event.
+        kind, rid = h.get("Ce-Type", ""), h.get("Ce-Requestid")
         ns, name = h.get("Ce-Namespace"), h.get("Ce-Inferenceservicename")
         if kind == FEEDBACK and ns and name:
             return await self._feedback(request, ns, name)
@@ -95,7 +96,7 @@ class Receiver:
             line = await asyncio.to_thread(digest, rid, time.time(), body)
         except ValueError as exc:
             return _error(400, f"cannot log this prediction: {exc}")
-        return await self._accept(ns, name, "request", line)
+        return await self._accept(ns, name, "request" if kind == REQUEST else "response", line)
 
     async def feedback(self, request: web.Request) -> web.Response:
         return await self._feedback(request, request.match_info["namespace"],

@@ -47,8 +47,10 @@ from controller.serving.router_config import (
     FeedbackError,
     RouterConfig,
     TokenFile,
+    bearer,
     check_bearer,
     choose,
+    client_puid,
     images_uint8,
     parse_feedback,
     predicted_classes,
@@ -192,7 +194,7 @@ class Router:
         in the ``Seldon-Puid`` header, on errors too (the executor's ``puidHeader``)."""
         if "/api/v" not in request.path:
             return await handler(request)
-        request[PUID] = uuid.uuid4().hex
+        request[PUID] = client_puid(request.headers.get(PUID_HEADER)) or uuid.uuid4().hex
         namespace, name = request.match_info.get("namespace"), request.match_info.get("name")
         if namespace is not None and f"{namespace}/{name}" != self.config.deployment:
             message = f"no deployment {namespace}/{name} here: this is {self.config.deployment}"
@@ -212,7 +214,7 @@ class Router:
         except (OSError, ValueError):
             logger.error("auth token file %s is unreadable", self.tokens.path)
             return self._reject(endpoint, error(503, "auth token unavailable", "AUTH_UNAVAILABLE"))
-        verdict = check_bearer(request.headers.get("Authorization"), token)
+        verdict = check_bearer(bearer(request.headers), token)
         if verdict is Auth.MISSING:
             return self._reject(
                 endpoint, error(401, "send Authorization: Bearer <token>", "UNAUTHENTICATED")

@@ -202,6 +202,24 @@ class Auth(Enum):
     WRONG = 403
 
 
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The credentials of a call: ``Authorization``, or the token SeldonClient's
+    ``SeldonCallCredentials`` sends as ``X-Auth-Token`` (read as a bearer token)."""
+    if headers.get("Authorization"):
+        return headers["Authorization"]
+    token = headers.get("X-Auth-Token")
+    return f"Bearer {token}" if token else None
+
+
+_PUID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def client_puid(header: str | None) -> str | None:
+    """A puid the client chose (Seldon's executor keeps one sent in ``Seldon-Puid``), if
+    the log can key on it as it is: up to 128 of ``A-Za-z0-9._:-``; else a new one."""
+    return header if header and _PUID.fullmatch(header) else None
+
+
 def check_bearer(header: str | None, token: str | None) -> Auth:
     """Check an ``Authorization`` header against the token (None: auth disabled).
 

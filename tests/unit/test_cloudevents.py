@@ -96,8 +96,11 @@ def test_bad_events_are_refused_at_once(tmp_path: Path) -> None:
         post("/", no_features, headers(RESPONSE, "r2")),
         post("/", {"data": {"ndarray": [[1, 2]]}}, headers(REQUEST, "r2")),
         post("/feedback/farm/classifier", {"puid": "r1"}),
+        # no Ce-Requestid: Ce-Id is new per event, so this half could never pair
+        post("/", REQUEST_BODY, {k: v for k, v in headers(REQUEST, "r3").items()
+                                 if k != "Ce-Requestid"}),
     ])
-    assert [code for code, _ in results] == [400, 400, 400, 400]
+    assert [code for code, _ in results] == [400, 400, 400, 400, 400]
     assert "CloudEvent" in results[0][1]["status"]["info"]
     assert "trellis.features" in results[1][1]["status"]["info"]
     assert "(n, 64, 64, 3)" in results[2][1]["status"]["info"]

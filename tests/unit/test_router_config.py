@@ -20,8 +20,10 @@ from controller.serving.router_config import (
     Predictor,
     RouterConfig,
     TokenFile,
+    bearer,
     check_bearer,
     choose,
+    client_puid,
     images_uint8,
     parse_config,
     parse_feedback,
@@ -166,6 +168,24 @@ def test_choose_skips_zero_weights() -> None:
 )
 def test_check_bearer(header: str | None, token: str | None, verdict: Auth) -> None:
     assert check_bearer(header, token) is verdict
+
+
+def test_seldon_clients_token_header_counts_as_a_bearer_token() -> None:
+    """SeldonClient's SeldonCallCredentials(token=...) sends X-Auth-Token."""
+    assert check_bearer(bearer({"X-Auth-Token": "s3cret"}), "s3cret") is Auth.OK
+    assert check_bearer(bearer({"X-Auth-Token": "wrong"}), "s3cret") is Auth.WRONG
+    assert bearer({"Authorization": "Bearer a", "X-Auth-Token": "b"}) == "Bearer a"
+    assert bearer({}) is None
+
+
+@pytest.mark.parametrize(("header", "kept"), [
+    ("c0ffee-42", True), ("a" * 128, True), ("req:7.b_x", True),
+    (None, False), ("", False), ("a" * 129, False), ("../etc", False), ("a b", False),
+    ("caf\u00e9", False),
+])
+def test_a_puid_the_client_sends_is_kept_when_the_log_can_key_on_it(
+        header: str | None, kept: bool) -> None:
+    assert client_puid(header) == (header if kept else None)
 
 
 def test_token_file_follows_rotation(tmp_path: Path) -> None:
