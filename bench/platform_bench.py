@@ -8,6 +8,10 @@
    TorchScript forward in-process (p50, p99, requests/s; overhead ratios); and one photo
    sent as ``binData`` PNG against the same photo as ``ndarray`` JSON (body bytes, p50,
    p99, through the router and direct).
+3. Serving under load (``bench/loadgen.py``): the binData photo at 1, 8 and 32 connections
+   against the router and the model server directly (req/s, p50, p99, medians over
+   repeats); and 32 photos in one ``data.tensor`` request against the same 32 photos as
+   32 binData requests one after another (p50 per request and per photo).
 
 ``--serving-only`` skips training (and the dev cluster) and serves an untrained
 ``PumpkinNet`` exported as training exports it: the latency figures are the same, the
@@ -22,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,10 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import loadgen  # noqa: E402
 from bench.rows import emit, row  # noqa: E402
 from controller.devcluster.cluster import DevCluster  # noqa: E402
 
 PARAMS = {"seed": 7, "epochs": 4, "lr": 0.003, "variety": "orange"}
+BATCH = 32  # photos in the batch row's one request
 
 
 
@@ -94,15 +99,20 @@ def _image_body() -> bytes:
 
 def _photo_pixels() -> Any:
     """The photo ``_image_body`` sends, as the uint8 pixels a camera would have."""
+    return _photos_uint8(1)[0]
+
+
+def _photos_uint8(n: int) -> Any:
+    """``n`` photos as uint8 (n, 64, 64, 3) pixels; ``n=1`` is ``_image_body``'s photo."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "flows"))
     import pumpkin_data
 
-    return np.rint(pumpkin_data.generate(1, seed=3).x[0] * 255.0).astype(np.uint8)
+    return np.rint(pumpkin_data.generate(n, seed=3).x * 255.0).astype(np.uint8)
 
 
-def _bin_data_body() -> bytes:
+def _bin_data_body(pixels: Any = None) -> bytes:
     """One photo as Seldon ``binData``: PNG bytes, base64 in the JSON body."""
     import base64
     import io
@@ -110,8 +120,16 @@ def _bin_data_body() -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(_photo_pixels(), "RGB").save(buf, format="PNG")
+    Image.fromarray(_photo_pixels() if pixels is None else pixels, "RGB").save(buf, format="PNG")
     return json.dumps({"binData": base64.b64encode(buf.getvalue()).decode()}).encode()
+
+
+def _tensor_body(pixels: Any) -> bytes:
+    """A batch as ``data.tensor`` (the batch form the model server takes; binData is one
+    photo per message): ``pixel / 255`` to 4 decimals, which still names each pixel."""
+    values = (pixels.astype("float64") / 255.0).round(4).ravel().tolist()
+    return json.dumps({"data": {"tensor": {"shape": list(pixels.shape),
+                                           "values": values}}}).encode()
 
 
 def _untrained_model(work: Path) -> str:
@@ -174,13 +192,32 @@ def time_forward(model_dir: Path, n: int) -> list[float]:
     return times
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+pct = loadgen.percentile
 
 
-def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
+def time_batch(url: str, batch: bytes, singles: list[bytes], rounds: int,
+               warm_up: int = 2) -> tuple[list[float], list[float], list[float]]:
+    """Per round, the batch request and then the same photos one request each, in turn so
+    both meet the same load: batch latencies, each round's total for the singles, and
+    every single request's latency (all ms). ``warm_up`` rounds go untimed first."""
+    batch_ms: list[float] = []
+    totals: list[float] = []
+    each: list[float] = []
+    for i in range(warm_up + rounds):
+        b = time_http(url, batch, 1)
+        s = [time_http(url, body, 1)[0] for body in singles]
+        if i >= warm_up:
+            batch_ms += b
+            totals.append(sum(s))
+            each += s
+    return batch_ms, totals, each
+
+
+def serving(model_uri: str, work: Path, n: int, plan: loadgen.Plan | None = None,
+            batch_rounds: int = 10) -> list[dict[str, Any]]:
     from controller.serving.local import DesiredServing, LocalServingBackend, PredictorSpec
 
+    plan = plan or loadgen.Plan()
     backend = LocalServingBackend(work / "serving", ROOT / ".venv-serving" / "bin" / "python",
                                   ROOT / "serving")
     desired = DesiredServing("bench", "classifier",
@@ -200,6 +237,11 @@ def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
         # alternating requests, so both kinds meet the same machine load and warm-up
         nd_routed, photo_routed = time_alternating(routed_url, (body, photo), n)
         nd_straight, photo_straight = time_alternating(direct_url, (body, photo), n)
+        load = loadgen.compare({"direct": direct_url, "router": routed_url}, photo, plan)
+        pixels = _photos_uint8(BATCH)
+        batch = _tensor_body(pixels)
+        singles = [_bin_data_body(p) for p in pixels]
+        batch_ms, totals, each = time_batch(routed_url, batch, singles, batch_rounds)
     finally:
         asyncio.run(backend.teardown("bench", "classifier"))
     rows = []
@@ -220,7 +262,30 @@ def serving(model_uri: str, work: Path, n: int) -> list[dict[str, Any]]:
                     "bare model forward in-process", rps["bare"], note))
     rows += _photo_rows(n, len(body), len(photo), (nd_routed, nd_straight),
                         (photo_routed, photo_straight))
+    rows += loadgen.load_rows(load, plan, f"one 64x64 binData PNG photo per request "
+                              f"({len(photo)} bytes), same model server behind the router "
+                              "and alone, request log off")
+    rows += _batch_rows(batch_rounds, len(batch), sum(map(len, singles)), batch_ms, totals,
+                        each)
     return rows
+
+
+def _batch_rows(rounds: int, batch_bytes: int, singles_bytes: int, batch_ms: list[float],
+                totals: list[float], each: list[float]) -> list[dict[str, Any]]:
+    """One request carrying 32 photos against the same 32 photos sent one by one: equal
+    work per request pair (32 photos classified) and per photo."""
+    work = (f"router + Seldon wrapper, the same {BATCH} photos both ways, {rounds} rounds "
+            f"after 2 warm-up rounds, the batch then the singles each round, one request at "
+            f"a time; batch: data.tensor, {batch_bytes} bytes of JSON; singles: binData "
+            f"PNG, {singles_bytes} bytes in all")
+    batch_p50, totals_p50 = pct(batch_ms, 50), pct(totals, 50)
+    return [
+        row(f"serving batch of {BATCH} photos: p50 per request", batch_p50, "ms",
+            f"{BATCH} single-photo binData requests in sequence, p50 of their total",
+            totals_p50, work),
+        row(f"serving batch of {BATCH} photos: p50 per photo", batch_p50 / BATCH, "ms",
+            "one single-photo binData request, p50", pct(each, 50), work),
+    ]
 
 
 def _photo_rows(n: int, ndarray_bytes: int, photo_bytes: int,
@@ -246,15 +311,23 @@ def _photo_rows(n: int, ndarray_bytes: int, photo_bytes: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--load-requests", type=int, default=loadgen.Plan.requests,
+                        help="per level, target and repeat (or --load-seconds, first)")
+    parser.add_argument("--load-seconds", type=float, default=loadgen.Plan.seconds)
+    parser.add_argument("--load-repeats", type=int, default=loadgen.Plan.repeats)
+    parser.add_argument("--batch-rounds", type=int, default=10)
     parser.add_argument("--out", help="also write the JSON rows here")
     parser.add_argument("--serving-only", action="store_true",
                         help="no training: serve an untrained PumpkinNet (latency rows only)")
     args = parser.parse_args(argv)
+    plan = loadgen.Plan(requests=args.load_requests, seconds=args.load_seconds,
+                        repeats=args.load_repeats)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
         work = Path(tmp)
         if args.serving_only:
-            rows = serving(_untrained_model(work), work, args.requests)
+            rows = serving(_untrained_model(work), work, args.requests, plan,
+                           args.batch_rounds)
             emit(rows, args.out)
             return 0
         wall, status = train_through_operator(work)
@@ -270,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                         "samples/s", "-", None, f"{base['torch_threads']} torch threads"))
         models = status.get("models") or []
         if models:
-            rows += serving(models[-1]["artifactUri"], work, args.requests)
+            rows += serving(models[-1]["artifactUri"], work, args.requests, plan,
+                            args.batch_rounds)
     text = json.dumps(rows, indent=2)
     print(text)
     if args.out:
