@@ -1,8 +1,10 @@
 """``make bench``: every benchmark, one results file.
 
 Writes ``bench/results.json`` as ``{"benchmarks": [{"name", "value", "unit", "baseline",
-"baseline_value", "ratio", "notes"}]}``. Each suite runs as its own process (they start
-their own dev clusters and servers), in sequence so they do not share the CPU.
+"baseline_value", "ratio", "notes"}]}``; rows measured over repeats (the serving load
+rows, ``bench/loadgen.py``) also carry ``repeats`` and ``spread`` (min and max of value,
+baseline and ratio; the row holds their medians). Each suite runs as its own process
+(they start their own dev clusters and servers), in sequence so they do not share the CPU.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from controller import localwork
 from controller.devcluster.cluster import DevCluster
 from tests.support import leftovers
 from tests.support.kube import Cluster
+from tests.support.prometheus import Prometheus
+from tests.support.seldon_host import Ingress
 
 os.environ.setdefault("METAFLOW_USER", "trellis-tests")
 _BASETEMP = pytest.StashKey[Path]()
@@ -149,3 +151,48 @@ def operator(operator_env: dict[str, str], namespace: str) -> Iterator[None]:
     with KopfRunner(args, timeout=60, settings=settings) as runner:
         yield
     assert runner.exception is None, runner.exception
+
+
+# ------------------------------------------------- Seldon's metrics, for real
+# Request ``prometheus`` before ``operator``: it sets ``TRELLIS_PROMETHEUS_URL`` and the
+# label scheme for the operator to read when it starts. ``namespace_label`` is the label
+# the scrape puts the namespace in; a test parametrizes it to check another scheme.
+
+@pytest.fixture
+def namespace_label() -> str:
+    return "namespace"  # a PodMonitor's and the kubernetes-pods job's (the default)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, namespace_label: str,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path / "prometheus").start()
+    monkeypatch.setenv("TRELLIS_PROMETHEUS_URL", prom.url)
+    monkeypatch.setenv("TRELLIS_PROMETHEUS_NAMESPACE_LABEL", namespace_label)
+    try:
+        yield prom
+    finally:
+        prom.stop()
+
+
+@pytest.fixture(scope="module")
+def request_bodies() -> list[bytes]:
+    """Prediction bodies of one image each, good and bad pumpkins taking turns: the few
+    requests a 10% canary gets in a window hold both classes as the stable's many do
+    (a random mix would let the class-shift check fail a good canary on a small sample)."""
+    from tests.support.fake_model import make_images, payload
+
+    good, bad = make_images(16, good=True, seed=7), make_images(16, good=False, seed=8)
+    images = [image for pair in zip(good, bad, strict=True) for image in pair]
+    return [json.dumps(payload(image[None])).encode() for image in images]
+
+
+@pytest.fixture
+def ingress(request_bodies: list[bytes]) -> Iterator[Ingress]:
+    """Not started: a test starts (and pauses) the stream when its story needs it.
+    Every second successful prediction is followed by feedback to the same predictor."""
+    stream = Ingress(request_bodies, rate=20.0, feedback_every=2)
+    try:
+        yield stream
+    finally:
+        stream.stop()

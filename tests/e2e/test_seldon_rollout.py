@@ -11,7 +11,6 @@ canary analysis queries that Prometheus as it would a cluster's.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -21,10 +20,12 @@ from tests.support.kube import Cluster, OperatorProcess, condition, wait_for
 from tests.support.prometheus import Prometheus
 from tests.support.seldon import (
     address,
+    failed_share,
     install_crd,
     mark_available,
     mark_failed,
     mdep_status,
+    passes,
     predictors,
     register,
     setup_objects,
@@ -52,17 +53,6 @@ def ready(cluster: Cluster, ns: str) -> tuple[str, str, str]:
 @pytest.fixture
 def seldon_crd(cluster: Cluster) -> None:
     install_crd(cluster)
-
-
-def passes(analyses: list[dict]) -> list[dict]:
-    return [a for a in analyses if a["verdict"] == "pass"]
-
-
-def failed_share(message: str) -> tuple[int, int]:
-    """(errors, requests) out of a rejection's "(E/R requests failed)"."""
-    match = re.search(r"\((\d+)/(\d+) requests failed\)", message)
-    assert match, message
-    return int(match.group(1)), int(match.group(2))
 
 
 def operator_queries(prom: Prometheus) -> list[str]:

@@ -12,7 +12,6 @@ has the API server judge the same pod under the restricted profile.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -23,7 +22,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
 import yaml
@@ -41,6 +39,7 @@ from tests.support.seldon import (
     setup_objects,
     wait_predictors,
 )
+from tests.support.seldon_pods import s3_client
 from tests.support.specs import example
 
 pytestmark = pytest.mark.node
@@ -145,16 +144,6 @@ def _experiment(name: str, resources: dict[str, Any], **parameters: Any) -> dict
     return exp
 
 
-def _s3(cluster: Cluster, ns: str) -> Any:
-    """boto3 with the credentials and endpoint of the Secret the Job used."""
-    secret = cluster.get("secret", "trellis-s3", ns)
-    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    return boto3.client("s3", endpoint_url=data["TRELLIS_S3_ENDPOINT_URL"],
-                        aws_access_key_id=data["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=data["AWS_SECRET_ACCESS_KEY"],
-                        region_name=data.get("AWS_DEFAULT_REGION") or "us-east-1")
-
-
 def _pods(cluster: Cluster, ns: str, experiment: str) -> list[dict[str, Any]]:
     return json.loads(cluster.kubectl(
         "get", "pods", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}={experiment}",
@@ -216,7 +205,7 @@ def test_an_experiment_trains_in_one_pod_to_a_model_in_s3_across_a_failover(
     assert model["artifactUri"] == f"s3://trellis/metaflow/models/{run['pathspec']}"
     assert model["referenceUri"] == model["artifactUri"] + "/reference.json"
     # the version directory and Metaflow's datastore, in the S3 server
-    s3 = _s3(node_cluster, ns)
+    s3 = s3_client(node_cluster, ns)
     prefix = f"metaflow/models/{run['pathspec']}/"
     files = {o["Key"][len(prefix):] for o in
              s3.list_objects_v2(Bucket="trellis", Prefix=prefix).get("Contents", [])}
@@ -318,7 +307,7 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
              timeout=120, interval=1, what="v1 serving")
 
     # v1 as Seldon's storage initializer would fetch it into the model-server pod
-    s3 = _s3(node_cluster, ns)
+    s3 = s3_client(node_cluster, ns)
     prefix = v1["artifactUri"].removeprefix("s3://trellis/") + "/"
     model_dir = tmp_path / "models" / "1"
     model_dir.mkdir(parents=True)
@@ -453,7 +442,7 @@ def test_drift_inputs_sent_to_both_replicas_reach_one_log_and_survive_a_failover
             assert codes == [202] * len(codes), (puid, codes)
             acked.add(puid)
 
-    s3 = _s3(node_cluster, ns)
+    s3 = s3_client(node_cluster, ns)
     send("before", 20, pods)
     wait_for(lambda: _logged_in_s3(s3, ns)[:2] == (acked, labelled), timeout=60, interval=1,
              what="every acknowledged prediction in the drift log's copy")

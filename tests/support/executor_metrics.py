@@ -26,8 +26,9 @@ Left out: the client histogram (executor → model), Go runtime metrics, gRPC, r
 logging and graphs of more than one unit.
 
 Standard library only, so the same file runs beside a model server anywhere (on this
-host or in the model-server image): ``python executor_metrics.py --sdep NAME
---predictor BASE64_JSON --upstream http://127.0.0.1:9000 --http_port 8000``.
+host or in the model-server image): ``ENGINE_PREDICTOR=BASE64_JSON python
+executor_metrics.py --sdep NAME --predictor NAME --upstream http://127.0.0.1:9000
+--http_port 8000``, the predictor given as Seldon's operator gives it (``encode_predictor``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import contextlib
 import http.client
 import json
 import math
+import os
 import socket
 import sys
 import threading
@@ -275,8 +277,11 @@ def serve(executor: Executor, host: str, port: int) -> _Server:
 
 
 def encode_predictor(predictor: dict[str, Any]) -> str:
-    """The predictor as Seldon's operator hands it to the executor (``--predictor``)."""
-    return base64.b64encode(json.dumps(predictor).encode()).decode()
+    """The predictor as Seldon's operator hands it to the executor: base64 JSON in
+    ``ENGINE_PREDICTOR``, with ``traffic`` and ``replicas`` set to 0 so that neither changes
+    the pod template (``createEngineContainer``): a weight change rolls no pod."""
+    engine = {**predictor, "traffic": 0, "replicas": 0}
+    return base64.b64encode(json.dumps(engine).encode()).decode()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The executor's own flag names, for what this stand-in uses of them.
     parser.add_argument("--sdep", required=True, help="the SeldonDeployment's name")
     parser.add_argument("--namespace", default="", help="unused in metrics, as in Seldon")
-    parser.add_argument("--predictor", required=True, help="the predictor spec, base64 JSON")
+    parser.add_argument("--predictor", required=True,
+                        help="the predictor's name; its spec is ENGINE_PREDICTOR's")
     parser.add_argument("--http_port", type=int, default=8000)
     parser.add_argument("--prometheus_path", default="/prometheus")
     parser.add_argument("--upstream", default="http://127.0.0.1:9000",
@@ -292,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--timeout_s", type=float, default=10.0)
     args = parser.parse_args(argv)
-    predictor = json.loads(base64.b64decode(args.predictor))
+    predictor = json.loads(base64.b64decode(os.environ["ENGINE_PREDICTOR"]))
+    if predictor.get("name") != args.predictor:
+        parser.error(f"ENGINE_PREDICTOR is {predictor.get('name')!r}, not {args.predictor!r}")
     executor = Executor(args.sdep, predictor, args.upstream, args.prometheus_path,
                         args.timeout_s)
     server = _Server((args.host, args.http_port), executor)

@@ -4,12 +4,14 @@ No Seldon Core operator runs here, so tests install a minimal SeldonDeployment C
 register model versions on the Experiment's status by hand (nothing trains) and mark the
 SeldonDeployment Available (or Failed) with the status Seldon 1.17.1 writes. What its pods
 would run (model servers behind the executor's metrics, scraped by a real Prometheus) is
-``tests.support.seldon_host``.
+``tests.support.seldon_host`` (processes on this host) or ``tests.support.seldon_pods``
+(pods on the dev cluster's node).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,9 +19,11 @@ from typing import Any
 
 from tests.support.kube import Cluster, wait_for
 from tests.support.seldon_host import SeldonHost
+from tests.support.seldon_pods import SeldonPods
 from tests.support.specs import base
 
 CRD = Path(__file__).resolve().parent / "crds" / "seldondeployment.yaml"
+MODELS_URI = "s3://farm-models/classifier"  # + "/<version>": where versions are registered
 
 
 def post_event(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
@@ -40,9 +44,9 @@ def install_crd(cluster: Cluster) -> None:
 
 
 def register(cluster: Cluster, ns: str, *versions: int,
-             reference_uri: str | None = None) -> None:
+             reference_uri: str | None = None, models_uri: str = MODELS_URI) -> None:
     """Model versions on the Experiment's status, as a finished training run leaves them."""
-    models = [{"version": v, "artifactUri": f"s3://farm-models/classifier/{v}",
+    models = [{"version": v, "artifactUri": f"{models_uri}/{v}",
                "run": f"PumpkinFlow/{v}", "createdAt": "2026-11-27T00:00:00Z",
                **({"referenceUri": reference_uri} if reference_uri else {})}
               for v in versions]
@@ -51,12 +55,13 @@ def register(cluster: Cluster, ns: str, *versions: int,
 
 
 def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = None,
-                  reference_uri: str | None = None, interval: str = "2s") -> None:
+                  reference_uri: str | None = None, interval: str = "2s",
+                  models_uri: str = MODELS_URI) -> None:
     """An Experiment with v1 registered and a seldon-backend ModelDeployment of it."""
     exp = base("Experiment")
     exp["spec"]["flow"]["file"] = "flows/not-here.py"  # nothing trains in these tests
     cluster.apply(exp, ns)
-    register(cluster, ns, 1, reference_uri=reference_uri)
+    register(cluster, ns, 1, reference_uri=reference_uri, models_uri=models_uri)
     mdep = base("ModelDeployment")
     mdep["spec"]["backend"] = "seldon"
     mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": interval,
@@ -113,7 +118,8 @@ def mdep_status(cluster: Cluster, ns: str) -> dict[str, Any]:
 
 
 def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, int]],
-                    timeout: float = 30, host: SeldonHost | None = None) -> None:
+                    timeout: float = 30, host: SeldonHost | SeldonPods | None = None
+                    ) -> None:
     """Wait for the SeldonDeployment's traffic split; have ``host`` run its predictors (as
     Seldon's operator would roll out their pods) and, mid-rollout, have Seldon report it
     Available, then wait for the step to be on status with its window's start: requests
@@ -131,3 +137,15 @@ def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, in
             canary = mdep_status(cluster, ns).get("canary") or {}
             return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
         wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
+
+
+def passes(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A rollout's analyses that passed their step."""
+    return [a for a in analyses if a["verdict"] == "pass"]
+
+
+def failed_share(message: str) -> tuple[int, int]:
+    """(errors, requests) out of a rejection's "(E/R requests failed)"."""
+    match = re.search(r"\((\d+)/(\d+) requests failed\)", message)
+    assert match, message
+    return int(match.group(1)), int(match.group(2))

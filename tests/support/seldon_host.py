@@ -291,10 +291,11 @@ class SeldonHost:
                         port: int, tag: str) -> Proc:
         log = self.root / f"{tag}-executor.log"
         argv = [sys.executable, str(EXECUTOR), "--sdep", deployment,
-                "--namespace", self.namespace, "--predictor", encode_predictor(predictor),
+                "--namespace", self.namespace, "--predictor", predictor["name"],
                 "--http_port", str(port), "--prometheus_path", METRICS_PATH,
                 "--upstream", f"http://{model.address}"]
-        proc = Proc(_spawn(argv, _server_env(), self.root, log), port, log)
+        env = _server_env() | {"ENGINE_PREDICTOR": encode_predictor(predictor)}
+        proc = Proc(_spawn(argv, env, self.root, log), port, log)
         try:
             _wait_ok(proc, f"http://{proc.address}/ready", timeout=20)
         except BaseException:

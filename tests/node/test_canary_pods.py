@@ -1,0 +1,197 @@
+"""Canary analysis against model servers running as pods on the dev cluster's node.
+
+No Seldon Core operator runs here, so the test plays its part: it writes the
+SeldonDeployment's status as Seldon 1.17.1 does (``tests.support.seldon``) and creates
+what Seldon's operator would for each predictor (``tests.support.seldon_pods``): a
+Deployment whose pod downloads its model version from the dev cluster's S3 server, runs
+it in the model-server image, with the executor's metrics stand-in beside it (Seldon's
+executor cannot be built here; the stand-in counts the requests that pod answered, in the
+executor's series), and a Service. A real Prometheus scrapes the pods every second and
+the operator's canary analysis queries it with real PromQL.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from controller.devcluster import deploy
+from tests.support.kube import Cluster, condition, wait_for
+from tests.support.prometheus import Prometheus
+from tests.support.seldon import (
+    failed_share,
+    install_crd,
+    mark_available,
+    mdep_status,
+    passes,
+    predictors,
+    register,
+    setup_objects,
+    wait_predictors,
+)
+from tests.support.seldon_host import Ingress, post
+from tests.support.seldon_pods import SeldonPods, s3_client
+
+pytestmark = pytest.mark.node
+
+EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
+MODELS = "canary-models/classifier"  # in the dev cluster's bucket, one prefix per version
+
+
+@pytest.fixture(scope="module")
+def models_uri(node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """v1 and v2 good, v3 failing about half its inputs (its server answers 500), in S3 as
+    training leaves them."""
+    from tests.support.fake_model import write_model_version
+
+    root = tmp_path_factory.mktemp("canary-models")
+    s3 = s3_client(node_cluster, "trellis-system")
+    for version, kwargs in ((1, {}), (2, {"seed": 1}), (3, {"fail_fraction": 0.5})):
+        directory = write_model_version(root / str(version), **kwargs)
+        for path in directory.iterdir():
+            s3.upload_file(str(path), "trellis", f"{MODELS}/{version}/{path.name}")
+    return f"s3://trellis/{MODELS}"
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(node_operator_kubeconfig: str, node_cluster: Cluster) -> str:
+    """The operator under test is the manifests' ServiceAccount on the node's cluster."""
+    install_crd(node_cluster)
+    return node_operator_kubeconfig
+
+
+@pytest.fixture
+def namespace(node_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A team namespace (its S3 Secret is what the storage initializer reads)."""
+    ns = f"canary-pods-{uuid.uuid4().hex[:5]}"
+    deploy.team_namespace(node_cluster.dev, ns)
+    yield ns
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture
+def seldon_pods(node_cluster: Cluster, namespace: str, prometheus: Prometheus,
+                namespace_label: str, ingress: Ingress) -> Iterator[SeldonPods]:
+    pods = SeldonPods(node_cluster, namespace, prometheus, namespace_label=namespace_label,
+                      ingress=ingress)
+    try:
+        yield pods
+    finally:
+        pods.close()
+
+
+def _ready(cluster: Cluster, ns: str) -> tuple[str, str]:
+    cond = condition(cluster.get("mdep", "classifier", ns), "Ready") or {}
+    return cond.get("status", ""), cond.get("reason", "")
+
+
+def test_a_canary_on_model_server_pods_is_promoted_or_rolled_back_by_real_promql(
+        node_cluster: Cluster, namespace: str, models_uri: str, prometheus: Prometheus,
+        seldon_pods: SeldonPods, ingress: Ingress, operator: None) -> None:
+    ns = namespace
+    setup_objects(node_cluster, ns, models_uri=models_uri)
+    wait_predictors(node_cluster, ns, [("stable", "v1", 100)], host=seldon_pods)
+    mark_available(node_cluster, ns)
+    wait_for(lambda: _ready(node_cluster, ns) == ("True", "Serving"), timeout=60,
+             what="Serving v1")
+    [pod] = seldon_pods.pods("classifier", "stable")
+    assert pod["spec"]["initContainers"][0]["args"][0] == f"{models_uri}/1"
+    ingress.start()
+
+    register(node_cluster, ns, 1, 2, models_uri=models_uri)  # a good v2: the canary starts
+    steps = [[("stable", "v1", 90), ("canary", "v2", 10)],
+             [("stable", "v1", 50), ("canary", "v2", 50)],
+             [("stable", "v1", 0), ("canary", "v2", 100)]]
+    for expected in steps:
+        wait_predictors(node_cluster, ns, expected, timeout=120, host=seldon_pods)
+    wait_predictors(node_cluster, ns, [("stable", "v2", 100)], timeout=120, host=seldon_pods)
+    st = mdep_status(node_cluster, ns)
+    assert st["stableVersion"] == "v2" and st["rollouts"][-1]["outcome"] == "promoted", st
+    passed = passes(st["rollouts"][-1]["analyses"])
+    assert [a["weight"] for a in passed] == [10, 50, 100], passed
+    assert all(a["errorRate"] == 0 and a["requests"] >= 10 for a in passed), passed
+    # what was decided on came from the pods' own series, scraped through their addresses
+    scraped = prometheus.query(f'{EXECUTOR_COUNT}{{predictor_version="v2",'
+                               f'service="predictions"}}')
+    assert scraped and all(r["metric"]["pod"].startswith("classifier-") and
+                           r["metric"]["namespace"] == ns for r in scraped), scraped
+    queries = [q for q in prometheus.queries()  # the operator's (the test's own name none)
+               if "seldon_api_executor" in q and "deployment_name=" in q]
+    assert queries and all("increase(" in q and 'service="predictions"' in q and
+                           f'namespace="{ns}"' in q for q in queries), queries
+
+    register(node_cluster, ns, 1, 2, 3, models_uri=models_uri)  # v3 fails half its inputs
+    wait_predictors(node_cluster, ns, [("stable", "v2", 90), ("canary", "v3", 10)],
+                    timeout=120, host=seldon_pods)
+    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v2", 100)], timeout=120,
+             what="v3 rolled back")
+    st = mdep_status(node_cluster, ns)
+    rejected = st["rejectedVersions"][-1]
+    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"], rejected
+    errors, requests = failed_share(rejected["message"])
+    assert errors >= 3 and errors / requests >= 0.2, rejected["message"]
+    assert st["rollouts"][-1]["outcome"] == "rolledBack"
+    assert not passes(st["rollouts"][-1]["analyses"])
+    seldon_pods.sync(node_cluster.get("sdep", "classifier", ns))  # Seldon removes the canary
+    assert {p["metadata"]["labels"]["version"]
+            for p in seldon_pods.pods("classifier")} == {"v2"}
+
+
+def test_a_crashed_executor_container_does_not_hide_the_canarys_errors(
+        node_cluster: Cluster, namespace: str, models_uri: str, prometheus: Prometheus,
+        seldon_pods: SeldonPods, request_bodies: list[bytes], operator: None) -> None:
+    """v3 errs on half its requests; mid-step its pod's executor container is killed and
+    the kubelet restarts it in the same pod, counting from zero. Only ``increase()``
+    across the reset sees enough errors to fail the step: the restarted container alone
+    saw too few requests for any verdict, and so did the window before the crash."""
+    ns = namespace
+    setup_objects(node_cluster, ns, models_uri=models_uri, interval="30s")
+    wait_predictors(node_cluster, ns, [("stable", "v1", 100)], host=seldon_pods)
+    mark_available(node_cluster, ns)
+    register(node_cluster, ns, 1, 3, models_uri=models_uri)
+    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v1", 90),
+                                                      ("canary", "v3", 10)],
+             timeout=30, what="the canary predictor")
+    seldon_pods.sync(node_cluster.get("sdep", "classifier", ns))
+    [pod] = seldon_pods.pods("classifier", "canary")
+    ip = pod["status"]["podIP"]
+    # which inputs v3 fails, asked of its model server directly (nothing counts that)
+    failing = [b for b in request_bodies if post(f"http://{ip}:9000/predict", b) == 500]
+    passing = [b for b in request_bodies if b not in failing]
+    assert len(failing) >= 4 and len(passing) >= 4
+
+    def send(n_fail: int, n_pass: int) -> None:
+        for body in failing[:n_fail] + passing[:n_pass]:
+            post(f"http://{ip}:8000/api/v1.0/predictions", body)
+
+    def scraped(code: str, value: float) -> None:
+        prometheus.wait_value(
+            f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="{code}"}}',
+            lambda v: v == value, timeout=60, what=f"the canary's {code}s at {value:g}")
+
+    send(1, 1)  # before the step's window: its series exist from here on
+    scraped("500", 1)
+    wait_predictors(node_cluster, ns, [("stable", "v1", 90), ("canary", "v3", 10)],
+                    host=seldon_pods)
+    started = time.time()
+    prometheus.wait_value(
+        f'timestamp({EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",'
+        f'code="500"}})', lambda t: t is not None and t > started, what="a scrape in the window")
+    send(2, 2)
+    scraped("500", 3)
+    restarted = seldon_pods.crash_engine("classifier", "canary")
+    assert restarted["status"]["podIP"] == ip  # the same pod, so the same series
+    send(2, 2)
+    scraped("500", 2)
+    assert time.time() - started < 30, "the crash came after the step's analysis"
+    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v1", 100)], timeout=90,
+             what="v3 rolled back")
+    st = mdep_status(node_cluster, ns)
+    rejected = st["rejectedVersions"][-1]
+    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"], rejected
+    errors, requests = failed_share(rejected["message"])
+    assert errors >= 3 and requests >= 6, rejected["message"]  # both sides of the reset
+    assert all(a["verdict"] == "inconclusive" for a in st["rollouts"][-1]["analyses"][:-1])
