@@ -44,10 +44,11 @@ def node_cluster(node_dev_cluster: DevCluster) -> Cluster:
     return Cluster(node_dev_cluster)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node_operator_kubeconfig(node_cluster: Cluster,
                              tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The manifests' ServiceAccount and RBAC on the node cluster (never admin)."""
+    """The manifests' ServiceAccount and RBAC on the node cluster (never admin). Per
+    module: ``test_node.py`` takes the cluster down and up again, on a new port."""
     from tests.support.clusterwide import pick, render, service_account_kubeconfig
 
     docs = render(node_cluster)

@@ -4,8 +4,8 @@ a pod, the model in S3; the report says which mode ran and what did not; nothing
 running afterwards.
 
 The demo brings up a node of its own and a machine runs one node at a time, so this
-module runs before the others of ``tests/node`` (file order), whose session node starts
-with the first test that asks for it.
+module runs before the others of ``tests/node`` (file order: keep the others' names
+sorting after it), whose session node starts with the first test that asks for it.
 """
 
 from __future__ import annotations
