@@ -20,6 +20,7 @@ from tests.support.kube import Cluster, OperatorProcess, condition, wait_for
 from tests.support.prometheus import Prometheus
 from tests.support.seldon import (
     address,
+    errors_across_a_reset,
     failed_share,
     install_crd,
     mark_available,
@@ -31,11 +32,9 @@ from tests.support.seldon import (
     setup_objects,
     wait_predictors,
 )
-from tests.support.seldon_host import Ingress, SeldonHost, post
+from tests.support.seldon_host import Ingress, SeldonHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
-
-EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
 
 
 @pytest.fixture
@@ -183,45 +182,11 @@ def test_a_restarted_executor_does_not_hide_the_canarys_errors(
              timeout=30, what="the canary predictor")
     seldon_host.sync(cluster.get("sdep", "classifier", namespace))
     canary = seldon_host.procs["canary"]
-    # which inputs v3 fails, asked of its model server directly (nothing counts that)
-    model = f"http://{canary.model.address}/predict"
-    failing = [b for b in request_bodies if post(model, b) == 500]
-    passing = [b for b in request_bodies if b not in failing]
-    assert len(failing) >= 4 and len(passing) >= 4
-
-    def send(n_fail: int, n_pass: int) -> None:
-        for body in failing[:n_fail] + passing[:n_pass]:
-            post(f"{canary.url}/api/v1.0/predictions", body)
-
-    def scraped(code: str, value: float) -> None:
-        prometheus.wait_value(
-            f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="{code}"}}',
-            lambda v: v == value, timeout=60, what=f"the canary's {code}s at {value:g}")
-
-    send(1, 1)  # before the step's window: its series exist from here on, as in a cluster
-    scraped("500", 1)
-    wait_predictors(cluster, namespace, [("stable", "v1", 90), ("canary", "v3", 10)],
-                    host=seldon_host)
-    started = time.time()
-    # increase() reads the samples inside the window: its first scrape must precede the
-    # requests it is to count (with steady traffic that loss is a scrape interval's worth)
-    prometheus.wait_value(
-        f'timestamp({EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",'
-        f'code="500"}})', lambda t: t is not None and t > started, what="a scrape in the window")
-    send(2, 2)
-    scraped("500", 3)
-    seldon_host.restart_executor("canary")  # its counters begin again at zero
-    send(2, 2)
-    scraped("500", 2)
-    assert time.time() - started < 10, "the restart came after the step's analysis"
-    wait_for(lambda: predictors(cluster, namespace) == [("stable", "v1", 100)], timeout=60,
-             what="v3 rolled back")
-    st = mdep_status(cluster, namespace)
-    rejected = st["rejectedVersions"][-1]
-    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"]
-    errors, requests = failed_share(rejected["message"])
-    assert errors >= 3 and requests >= 6, rejected["message"]  # both halves counted
-    assert all(a["verdict"] == "inconclusive" for a in st["rollouts"][-1]["analyses"][:-1])
+    errors_across_a_reset(  # the executor process starts again: its counters at zero
+        cluster, namespace, prometheus, seldon_host,
+        model_url=f"http://{canary.model.address}/predict", executor_url=canary.url,
+        bodies=request_bodies, restart=lambda: seldon_host.restart_executor("canary"),
+        step_s=10)
     assert all(f'{namespace_label}="{namespace}"' in q for q in operator_queries(prometheus))
 
 

@@ -12,7 +12,6 @@ the operator's canary analysis queries it with real PromQL.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,22 +21,23 @@ from controller.devcluster import deploy
 from tests.support.kube import Cluster, condition, wait_for
 from tests.support.prometheus import Prometheus
 from tests.support.seldon import (
-    failed_share,
+    EXECUTOR_COUNT,
+    errors_across_a_reset,
     install_crd,
     mark_available,
     mdep_status,
     passes,
     predictors,
     register,
+    rejected_at_first_step,
     setup_objects,
     wait_predictors,
 )
-from tests.support.seldon_host import Ingress, post
+from tests.support.seldon_host import Ingress
 from tests.support.seldon_pods import SeldonPods, s3_client
 
 pytestmark = pytest.mark.node
 
-EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
 MODELS = "canary-models/classifier"  # in the dev cluster's bucket, one prefix per version
 
 
@@ -128,11 +128,8 @@ def test_a_canary_on_model_server_pods_is_promoted_or_rolled_back_by_real_promql
                     timeout=120, host=seldon_pods)
     wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v2", 100)], timeout=120,
              what="v3 rolled back")
-    st = mdep_status(node_cluster, ns)
-    rejected = st["rejectedVersions"][-1]
-    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"], rejected
-    errors, requests = failed_share(rejected["message"])
-    assert errors >= 3 and errors / requests >= 0.2, rejected["message"]
+    st, errors, requests = rejected_at_first_step(node_cluster, ns, 3)
+    assert errors >= 3 and errors / requests >= 0.2, st["rejectedVersions"][-1]
     assert st["rollouts"][-1]["outcome"] == "rolledBack"
     assert not passes(st["rollouts"][-1]["analyses"])
     seldon_pods.sync(node_cluster.get("sdep", "classifier", ns))  # Seldon removes the canary
@@ -158,40 +155,12 @@ def test_a_crashed_executor_container_does_not_hide_the_canarys_errors(
     seldon_pods.sync(node_cluster.get("sdep", "classifier", ns))
     [pod] = seldon_pods.pods("classifier", "canary")
     ip = pod["status"]["podIP"]
-    # which inputs v3 fails, asked of its model server directly (nothing counts that)
-    failing = [b for b in request_bodies if post(f"http://{ip}:9000/predict", b) == 500]
-    passing = [b for b in request_bodies if b not in failing]
-    assert len(failing) >= 4 and len(passing) >= 4
 
-    def send(n_fail: int, n_pass: int) -> None:
-        for body in failing[:n_fail] + passing[:n_pass]:
-            post(f"http://{ip}:8000/api/v1.0/predictions", body)
+    def crash() -> None:
+        restarted = seldon_pods.crash_engine("classifier", "canary")
+        assert restarted["status"]["podIP"] == ip  # the same pod, so the same series
 
-    def scraped(code: str, value: float) -> None:
-        prometheus.wait_value(
-            f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="{code}"}}',
-            lambda v: v == value, timeout=60, what=f"the canary's {code}s at {value:g}")
-
-    send(1, 1)  # before the step's window: its series exist from here on
-    scraped("500", 1)
-    wait_predictors(node_cluster, ns, [("stable", "v1", 90), ("canary", "v3", 10)],
-                    host=seldon_pods)
-    started = time.time()
-    prometheus.wait_value(
-        f'timestamp({EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",'
-        f'code="500"}})', lambda t: t is not None and t > started, what="a scrape in the window")
-    send(2, 2)
-    scraped("500", 3)
-    restarted = seldon_pods.crash_engine("classifier", "canary")
-    assert restarted["status"]["podIP"] == ip  # the same pod, so the same series
-    send(2, 2)
-    scraped("500", 2)
-    assert time.time() - started < 30, "the crash came after the step's analysis"
-    wait_for(lambda: predictors(node_cluster, ns) == [("stable", "v1", 100)], timeout=90,
-             what="v3 rolled back")
-    st = mdep_status(node_cluster, ns)
-    rejected = st["rejectedVersions"][-1]
-    assert rejected["version"] == 3 and "step 1/3 at 10%" in rejected["message"], rejected
-    errors, requests = failed_share(rejected["message"])
-    assert errors >= 3 and requests >= 6, rejected["message"]  # both sides of the reset
-    assert all(a["verdict"] == "inconclusive" for a in st["rollouts"][-1]["analyses"][:-1])
+    errors_across_a_reset(node_cluster, ns, prometheus, seldon_pods,
+                          model_url=f"http://{ip}:9000/predict",
+                          executor_url=f"http://{ip}:8000", bodies=request_bodies,
+                          restart=crash, step_s=30)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.support.kube import Cluster, wait_for
-from tests.support.seldon_host import SeldonHost
+from tests.support.prometheus import Prometheus
+from tests.support.seldon_host import SeldonHost, post
 from tests.support.seldon_pods import SeldonPods
 from tests.support.specs import base
 
 CRD = Path(__file__).resolve().parent / "crds" / "seldondeployment.yaml"
 MODELS_URI = "s3://farm-models/classifier"  # + "/<version>": where versions are registered
+EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
 
 
 def post_event(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
@@ -149,3 +153,60 @@ def failed_share(message: str) -> tuple[int, int]:
     match = re.search(r"\((\d+)/(\d+) requests failed\)", message)
     assert match, message
     return int(match.group(1)), int(match.group(2))
+
+
+def rejected_at_first_step(cluster: Cluster, ns: str, version: int
+                           ) -> tuple[dict[str, Any], int, int]:
+    """The ModelDeployment's status once ``version`` was rolled back at its first step,
+    and the (errors, requests) its rejection counted."""
+    st = mdep_status(cluster, ns)
+    rejected = st["rejectedVersions"][-1]
+    assert rejected["version"] == version and "step 1/3 at 10%" in rejected["message"], \
+        rejected
+    errors, requests = failed_share(rejected["message"])
+    return st, errors, requests
+
+
+def errors_across_a_reset(cluster: Cluster, ns: str, prometheus: Prometheus,
+                          host: SeldonHost | SeldonPods, *, model_url: str,
+                          executor_url: str, bodies: list[bytes],
+                          restart: Callable[[], None], step_s: float) -> dict[str, Any]:
+    """v3 is the canary at 10% (v1 stable), its step ``step_s`` long. Requests go to the
+    canary's executor only; mid-step ``restart`` starts its counters again at zero. Only
+    ``increase()`` across the reset sees enough errors to fail the step: the restarted
+    executor alone saw too few requests for any verdict (2 of 4 failed), and so did the
+    window before it. Returns the ModelDeployment's status after the rollback."""
+    # which inputs v3 fails, asked of its model server directly (nothing counts that)
+    failing = [b for b in bodies if post(model_url, b) == 500]
+    passing = [b for b in bodies if b not in failing]
+    assert len(failing) >= 4 and len(passing) >= 4
+    series = f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="500"}}'
+
+    def send(n_fail: int, n_pass: int) -> None:
+        for body in failing[:n_fail] + passing[:n_pass]:
+            post(f"{executor_url}/api/v1.0/predictions", body)
+
+    def scraped(value: float) -> None:
+        prometheus.wait_value(series, lambda v: v == value, timeout=60,
+                              what=f"the canary's 500s at {value:g}")
+
+    send(1, 1)  # before the step's window: its series exist from here on, as in a cluster
+    scraped(1)
+    wait_predictors(cluster, ns, [("stable", "v1", 90), ("canary", "v3", 10)], host=host)
+    started = time.time()
+    # increase() reads the samples inside the window: its first scrape must precede the
+    # requests it is to count (with steady traffic that loss is a scrape interval's worth)
+    prometheus.wait_value(f"timestamp({series})", lambda t: t is not None and t > started,
+                          what="a scrape in the window")
+    send(2, 2)
+    scraped(3)
+    restart()
+    send(2, 2)
+    scraped(2)
+    assert time.time() - started < step_s, "the reset came after the step's analysis"
+    wait_for(lambda: predictors(cluster, ns) == [("stable", "v1", 100)], timeout=90,
+             what="v3 rolled back")
+    st, errors, requests = rejected_at_first_step(cluster, ns, 3)
+    assert errors >= 3 and requests >= 6, st["rejectedVersions"][-1]  # both sides counted
+    assert all(a["verdict"] == "inconclusive" for a in st["rollouts"][-1]["analyses"][:-1])
+    return st
