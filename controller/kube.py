@@ -108,6 +108,13 @@ def verb_and_resource(method: str, path: str) -> tuple[str, str]:
     return verb, resource
 
 
+# (connect, read) seconds for one API request. The client's default is no timeout: a
+# connection the server or the network dropped without a word would hold a worker thread,
+# and the reconcile loop awaiting it, for good. The API server ends its own requests at
+# 60 s (--request-timeout); a timed-out call is a transient failure, retried.
+REQUEST_TIMEOUT = (10.0, 75.0)
+
+
 class Kube:
     """Async facade; one instance per process (it holds the connection pool).
 
@@ -146,6 +153,7 @@ class Kube:
             path, method, query_params=query or [], header_params=headers, body=body,
             response_types_map=_OBJECT_RESPONSES, auth_settings=["BearerToken"],
             _return_http_data_only=True, _preload_content=True,
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
     async def request(self, method: str, path: str, body: Any = None, query: list | None = None,

@@ -15,6 +15,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,13 @@ EXECUTOR_COUNT = "seldon_api_executor_server_requests_seconds_count"
 
 def post_event(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
     """POST a JSON body as Seldon's executor posts a request-logger event (or a client its
-    feedback); the HTTP status that was answered."""
+    feedback); the HTTP status that was answered. An event gets a ``Ce-Id`` of its own,
+    a new UUID per post, as the executor's logger gives it."""
+    headers = dict(headers or {})
+    if "Ce-Type" in headers:
+        headers.setdefault("Ce-Id", str(uuid.uuid4()))
     req = urllib.request.Request(url, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", **(headers or {})})
+                                 {"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
@@ -137,10 +142,27 @@ def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, in
     weights = dict((name, weight) for name, _, weight in expected)
     if "canary" in weights:
         mark_available(cluster, ns)
+        version = int(next(v for name, v, _ in expected if name == "canary").lstrip("v"))
+
         def step_recorded() -> bool:
-            canary = mdep_status(cluster, ns).get("canary") or {}
-            return canary.get("weight") == weights["canary"] and bool(canary.get("baseline"))
-        wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
+            st = mdep_status(cluster, ns)
+            canary = st.get("canary") or {}
+            if canary.get("version") != version:
+                canary = {}
+            if canary.get("weight") == weights["canary"] and canary.get("baseline"):
+                return True
+            # or already analysed, the rollout maybe over, between two looks (a short
+            # step, while the pods were synced)
+            analysed = [*(canary.get("analyses") or []),
+                        *(a for r in st.get("rollouts") or [] if r.get("version") == version
+                          for a in r.get("analyses") or [])]
+            return any(a.get("weight") == weights["canary"] for a in analysed)
+        try:
+            wait_for(step_recorded, timeout=timeout, what=f"canary step at {weights['canary']}%")
+        except AssertionError as exc:  # say where the rollout stands instead
+            st = mdep_status(cluster, ns)
+            where = {k: st.get(k) for k in ("canary", "conditions", "seldonWrite", "phase")}
+            raise AssertionError(f"{exc}; status: {json.dumps(where)}") from None
 
 
 def passes(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
