@@ -221,6 +221,12 @@ def run(*, namespaces: list[str] | None = None, peering: str | None = None,
     if peering is not None:
         kwargs["peering_name"] = peering
         kwargs["priority"] = peering_priority()
+        if not os.environ.get("TRELLIS_REQUEST_LOG_STORE"):
+            log.warning(
+                "peering as %r with no TRELLIS_REQUEST_LOG_STORE: each replica keeps the "
+                "drift inputs it receives in its own state dir, so with more than one "
+                "replica the active one sees only its share; set it to a store every "
+                "replica reaches (s3://bucket/requestlog)", peering)
     if namespaces:
         kwargs["namespaces"] = namespaces
     else:

@@ -104,9 +104,12 @@ class Receiver:
 
     async def _feedback(self, request: web.Request, ns: str, name: str) -> web.Response:
         try:
-            puid, labels = parse_feedback(await request.json())
+            parsed = parse_feedback(await request.json())
         except ValueError as exc:  # malformed JSON, or FeedbackError
             return _error(400, str(exc))
+        if parsed is None:  # a reward without truth: nothing for the drift log
+            return web.json_response({"status": "accepted"}, status=202)
+        puid, labels = parsed
         return await self._accept(ns, name, "feedback",
                                   inbox.feedback_line(puid, time.time(), labels))
 

@@ -7,8 +7,9 @@ window began, so a restarted operator resumes the same window.
 - ``LocalScrape`` scrapes the local router's ``/metrics`` (Prometheus text): cumulative
   counters, differenced against the baseline counters taken when the step started.
 - ``PrometheusQuery`` asks a Prometheus server for ``increase()`` over the window of the
-  series that Seldon Core's executor and our model server export in a cluster (the
-  baseline is the window's start time).
+  series that Seldon Core's executor and our model server export in a cluster, and for
+  the p99 as ``histogram_quantile`` over the same window (the baseline is the window's
+  start time).
 
 Either raises ``MetricsUnavailable`` (transient, by intent) when its numbers cannot be
 read, never a bare aiohttp error: the reconcile loop puts that on the object.
@@ -41,6 +42,9 @@ class Counters:
     errors: int = 0
     buckets: dict[str, float] = field(default_factory=dict)  # le -> cumulative count
     classes: dict[str, int] = field(default_factory=dict)
+    # A windowed source's own p99 over the window (Prometheus' histogram_quantile), used
+    # instead of interpolating ``buckets``; never kept in a baseline.
+    p99_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors,
@@ -87,7 +91,7 @@ def window(now: Counters, baseline: Counters | None) -> Window:
     return Window(
         requests=now.requests - base.requests,
         errors=max(0, now.errors - base.errors),
-        latency_p99_ms=quantile_ms(buckets, 0.99),
+        latency_p99_ms=now.p99_ms if now.p99_ms is not None else quantile_ms(buckets, 0.99),
         class_counts={k: v for k, v in classes.items() if v},
     )
 
@@ -193,7 +197,8 @@ def window_queries(scheme: LabelScheme, namespace: str, name: str, predictor: st
     """The PromQL for one predictor version over the last ``range_ms`` (pure).
 
     ``increase()`` handles counter resets (a restarted pod); ``service="predictions"``
-    leaves out feedback, health and metadata calls on the same histogram."""
+    leaves out feedback, health and metadata calls on the same histogram; the p99 is
+    Prometheus' own ``histogram_quantile`` of the window's bucket increases."""
     sel = [f'{scheme.deployment}="{name}"', f'predictor_name="{predictor}"',
            f'predictor_version="v{version}"']
     if scheme.namespace:
@@ -202,7 +207,8 @@ def window_queries(scheme: LabelScheme, namespace: str, name: str, predictor: st
     rng = f"[{max(1, int(range_ms))}ms]"
     return {
         "requests": f"sum by (code) (increase({SELDON_REQUESTS}_count{{{served}}}{rng}))",
-        "buckets": f"sum by (le) (increase({SELDON_REQUESTS}_bucket{{{served}}}{rng}))",
+        "p99": (f"histogram_quantile(0.99, sum by (le) "
+                f"(increase({SELDON_REQUESTS}_bucket{{{served}}}{rng})))"),
         "classes": f"sum by (class) (increase({PREDICTIONS}{{{','.join(sel)}}}{rng}))",
     }
 
@@ -257,8 +263,9 @@ class PrometheusQuery:
                 out.requests += value
                 if row["metric"].get("code", "").startswith("5"):
                     out.errors += value
-            for row in await self._query(session, q["buckets"], until):
-                out.buckets[row["metric"]["le"]] = float(row["value"][1])
+            for row in await self._query(session, q["p99"], until):
+                seconds = float(row["value"][1])  # NaN: no request in the window
+                out.p99_ms = None if math.isnan(seconds) else seconds * 1000.0
             for row in await self._query(session, q["classes"], until):
                 out.classes[row["metric"].get("class", "?")] = round(float(row["value"][1]))
         return out

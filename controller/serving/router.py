@@ -194,7 +194,8 @@ class Router:
         in the ``Seldon-Puid`` header, on errors too (the executor's ``puidHeader``)."""
         if "/api/v" not in request.path:
             return await handler(request)
-        request[PUID] = client_puid(request.headers.get(PUID_HEADER)) or uuid.uuid4().hex
+        # a new one as the executor makes it: guuid.New().String()
+        request[PUID] = client_puid(request.headers.get(PUID_HEADER)) or str(uuid.uuid4())
         namespace, name = request.match_info.get("namespace"), request.match_info.get("name")
         if namespace is not None and f"{namespace}/{name}" != self.config.deployment:
             message = f"no deployment {namespace}/{name} here: this is {self.config.deployment}"
@@ -310,9 +311,13 @@ class Router:
         if isinstance(message, web.Response):
             return message
         try:
-            puid, labels = parse_feedback(message)
+            parsed = parse_feedback(message)
         except FeedbackError as exc:
             return self._reject("feedback", error(400, str(exc), "BAD_FEEDBACK"))
+        if parsed is None:  # a reward without truth: Seldon's executor takes it too
+            self.metrics.feedback_without_truth.inc()
+            return web.json_response({"meta": {"tags": {"trellis.logged": False}}})
+        puid, labels = parsed
         log = self.log
         if log is None:
             message = "request logging is off for this deployment, so no puid is known"

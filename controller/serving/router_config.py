@@ -313,12 +313,19 @@ def _truth_rows(data: Mapping[str, Any]) -> list[Any]:
     return [values[i : i + width] for i in range(0, len(values), width)]
 
 
-def parse_feedback(message: object) -> tuple[str, list[int]]:
-    """The puid and one label per input row, from either accepted feedback form.
+SELDON_FEEDBACK_KEYS = ("request", "response", "truth", "reward")
+
+
+def parse_feedback(message: object) -> tuple[str, list[int]] | None:
+    """The puid and one label per input row, from either accepted feedback form; None
+    for Seldon feedback without ``truth`` (a reward only: nothing to learn from).
 
     Seldon's ``{"response": {"meta": {"puid": ...}}, "truth": {"data": {"ndarray": [...]}}}``
     (or ``"tensor": {"shape": [n], "values": [...]}``, as ``SeldonClient`` can send it) or
-    the short ``{"puid": ..., "label": 0|1}`` (``"labels": [...]`` for a batch).
+    the short ``{"puid": ..., "label": 0|1}`` (``"labels": [...]`` for a batch). Seldon's
+    executor takes feedback with a reward and no truth; so does this, and refuses what
+    its protobuf decoding would (a ``reward`` that is no number, a ``response`` that is
+    no object).
     """
     if not isinstance(message, dict):
         raise FeedbackError("feedback must be a JSON object")
@@ -333,13 +340,21 @@ def parse_feedback(message: object) -> tuple[str, list[int]]:
         else:
             raise FeedbackError('feedback needs "label" (or "labels") next to "puid"')
     else:
-        response, truth = message.get("response"), message.get("truth")
+        needs = ('feedback needs "puid" and "label", or Seldon\'s "response.meta.puid" and '
+                 '"truth.data.ndarray" (or "truth.data.tensor")')
+        if not any(key in message for key in SELDON_FEEDBACK_KEYS):
+            raise FeedbackError(needs)
+        reward, response, truth = (message.get(k) for k in ("reward", "response", "truth"))
+        if reward is not None and (isinstance(reward, bool)
+                                   or not isinstance(reward, int | float)):
+            raise FeedbackError(f"reward must be a number, got {reward!r}")
+        if response is not None and not isinstance(response, dict):
+            raise FeedbackError("response must be the prediction's answer (a JSON object)")
+        if truth is None:
+            return None
         meta = response.get("meta") if isinstance(response, dict) else None
         if not isinstance(meta, dict) or "puid" not in meta:
-            raise FeedbackError(
-                'feedback needs "puid" and "label", or Seldon\'s "response.meta.puid" and '
-                '"truth.data.ndarray" (or "truth.data.tensor")'
-            )
+            raise FeedbackError(needs)
         puid = meta["puid"]
         data = truth.get("data") if isinstance(truth, dict) else None
         raw = _truth_rows(data if isinstance(data, dict) else {})

@@ -49,6 +49,11 @@ class RouterMetrics:
             ["version", "outcome"],
             registry=self.registry,
         )
+        self.feedback_without_truth = Counter(
+            "trellis_router_feedback_without_truth",
+            "Feedback with no ground truth (a reward only): answered, nothing logged.",
+            registry=self.registry,
+        )
         self.config_errors = Counter(
             "trellis_router_config_errors",
             "Config reloads refused because the file was invalid (the old config stays).",

@@ -256,7 +256,7 @@ def log_event(port: int, path: str, body: dict[str, Any],
 
 def logged_prediction(port: int, ns: str, puid: str) -> list[int]:
     """One prediction of 8 images as Seldon's request logger reports it, then its labels."""
-    hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+    hdrs = {"Ce-Requestid": puid, "Ce-Namespace": ns, "Ce-Modelid": "classifier",
             "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
             "Ce-Specversion": "1.0"}
     images = [[[[0.5] * 3] * 64] * 64] * 8

@@ -181,7 +181,7 @@ def test_predictions_and_bad_input(harness: Harness) -> None:
         probs = np.asarray(data[kind] if kind == "ndarray" else data[kind]["values"]).reshape(3, 2)
         assert probs.argmax(1).tolist() == labels_of(images).tolist()
         meta = answer["meta"]
-        assert len(meta["puid"]) == 32 and meta["tags"]["trellis.version"] == 1
+        assert len(meta["puid"]) == 36 and meta["tags"]["trellis.version"] == 1
         assert meta["tags"]["trellis.predictor"] == "stable" and meta["routing"]
         assert "trellis.features" not in meta["tags"]  # consumed by the request log
 

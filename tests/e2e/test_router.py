@@ -138,7 +138,7 @@ def test_error_mapping_reload_and_limits(tmp_path: Path) -> None:
                     await _await_revision(s, base, revision)
                     async with s.post(predict, json={"data": {}}) as resp:
                         status, text = resp.status, await resp.text()
-                        assert len(resp.headers["Seldon-Puid"]) == 32  # on errors too
+                        assert len(resp.headers["Seldon-Puid"]) == 36  # on errors too
                     answer = json.loads(text) if text.startswith("{") else text
                     shown = answer if isinstance(answer, str) else answer["status"]["info"]
                     assert status == code and words in shown, (name, status, answer)

@@ -65,16 +65,18 @@ def test_seldon_client_predicts_and_sends_feedback_through_every_gateway(
         feedback = entry["feedback"]
         assert feedback["success"], feedback  # ndarray and tensor truth alike
         assert feedback["response"]["meta"]["puid"] == puid
+        assert entry["reward_only"]["success"], entry  # as Seldon's executor takes it
         puids.add(puid)
     assert len(puids) == 6
     reader = RequestLogReader(desired.log_dir)
     assert reader.labelled_count() == 12  # 6 requests x 2 images, each one labelled
     assert metric(obs.endpoint, "trellis_router_feedback_total", outcome="correct") == 12
+    assert metric(obs.endpoint, "trellis_router_feedback_without_truth_total") == 6
 
     # the puid travels in Seldon's header too, on the ingress path as at the root
     for path in (PREDICT, "/seldon/farm/clients" + PREDICT):
         status, got = headers(obs.endpoint + path, payload(images[:1]))
-        assert status == 200 and len(got["Seldon-Puid"]) == 32, got
+        assert status == 200 and len(got["Seldon-Puid"]) == 36, got
     status, answer = http("POST", obs.endpoint + "/seldon/farm/other" + PREDICT,
                           payload(images[:1]))
     assert status == 404 and "farm/clients" in info(answer)

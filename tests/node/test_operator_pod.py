@@ -241,6 +241,45 @@ def test_a_gpu_the_node_lacks_is_named_and_deleting_removes_the_pods(
     node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+@pytest.mark.skipif(images.default_mode() != "baked",
+                    reason="the restricted profile forbids the hostPath volume a mounted "
+                           "environment needs: `make test-images` runs this, baked")
+def test_a_restricted_namespace_trains_with_the_baked_trainer_image(
+        node_cluster: Cluster, operator_pods: list[dict]) -> None:
+    """The team namespace enforces Pod Security's ``restricted`` profile, and the trainer
+    image carries its environment in its layers: what a locked-down cluster runs."""
+    ns = _team_namespace(node_cluster, "train-restricted")
+    node_cluster.kubectl("label", "namespace", ns, "--overwrite",
+                         "pod-security.kubernetes.io/enforce=restricted",
+                         "pod-security.kubernetes.io/enforce-version=latest")
+    node_cluster.apply(_experiment("classifier", {"cpu": "1", "memory": "2Gi", "gpu": 0},
+                                   n_samples=1500), ns)
+
+    def finished() -> dict | None:
+        obj = node_cluster.get("experiment", "classifier", ns) or {}
+        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
+            else None
+
+    obj = wait_for(finished, timeout=900, interval=2, what="the run to finish")
+    logs = node_cluster.kubectl("logs", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}=classifier",
+                                "--tail=40", check=False).stdout
+    assert obj["status"]["phase"] == "Succeeded", (obj["status"], logs)
+    [model] = obj["status"]["models"]
+    assert model["version"] == 1 and model["metrics"]["accuracy"] >= 0.9, model
+    [pod] = _pods(node_cluster, ns, "classifier")
+    spec = pod["spec"]
+    assert spec["containers"][0]["image"] == images.REFS["trainer"]
+    assert not [v for v in spec.get("volumes", []) if "hostPath" in v], spec["volumes"]
+    context = spec["containers"][0]["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False, context
+    assert context["capabilities"]["drop"] == ["ALL"], context
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", spec
+    s3 = s3_client(node_cluster, ns)
+    key = model["artifactUri"].removeprefix("s3://trellis/") + "/model.pt"
+    assert s3.head_object(Bucket="trellis", Key=key)["ContentLength"] > 0
+    node_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
 # ------------------------------------------------------------------ drift, then retrain
 ANSWERS = Path(__file__).resolve().parents[1] / "support" / "pumpkin_answers.py"
 SERVING_PYTHON = ROOT / ".venv-serving" / "bin" / "python"
@@ -325,7 +364,7 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
         puid = f"white-{i}"
         answer["meta"]["puid"] = puid
         first, second = replicas[i % len(replicas)], replicas[(i + 1) % len(replicas)]
-        hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+        hdrs = {"Ce-Requestid": puid, "Ce-Namespace": ns, "Ce-Modelid": "classifier",
                 "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
                 "Ce-Specversion": "1.0", "Ce-Source": f"http://classifier-stable.{ns}:8000/"}
         codes = [_post(first, "/", {"data": {"ndarray": x}},
@@ -336,7 +375,7 @@ def test_drift_in_the_cluster_retrains_in_a_pod_from_feedback_in_s3(
             codes.append(_post(first, "/", {"request": {"data": {"ndarray": x}},
                                             "response": answer,
                                             "truth": {"data": {"ndarray": y}}},
-                               {**hdrs, "Ce-Requestid": f"fb-{i}", "Ce-Id": f"fb-{i}",
+                               {**hdrs, "Ce-Requestid": f"fb-{i}",
                                 "Ce-Type": "io.seldon.serving.feedback"}))
         assert codes == [202] * len(codes), (i, codes)
         return len(y) if truth else 0
@@ -424,7 +463,7 @@ def test_drift_inputs_sent_to_both_replicas_reach_one_log_and_survive_a_failover
     def send(prefix: str, count: int, to: list[dict]) -> None:
         for i in range(count):
             puid = f"{prefix}{i}"
-            hdrs = {"Ce-Requestid": puid, "Ce-Id": puid, "Ce-Namespace": ns,
+            hdrs = {"Ce-Requestid": puid, "Ce-Namespace": ns, "Ce-Modelid": "classifier",
                     "Ce-Inferenceservicename": "classifier", "Ce-Endpoint": "stable",
                     "Ce-Specversion": "1.0"}
             answer = {"data": {"names": ["bad", "good"], "ndarray": [[0.2, 0.8]]},

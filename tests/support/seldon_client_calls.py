@@ -7,7 +7,8 @@ seldon-core 1.17.1 cannot be imported next to kopf, so e2e tests run this script
 
 For each gateway (seldon, ambassador, istio) and payload type (ndarray, tensor) it
 predicts, then sends feedback with the prediction's request and response and the truth
-in the same payload type, exactly as a Seldon user's code would.
+in the same payload type, exactly as a Seldon user's code would, and then feedback with
+a reward and no truth.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main() -> int:
                                       prediction_truth=truth, reward=1.0)
                 entry["feedback"] = {"success": fed.success, "msg": fed.msg,
                                      "response": _dict(fed.response)}
+                rewarded = client.feedback(prediction_request=predicted.request,
+                                           prediction_response=predicted.response, reward=0.5)
+                entry["reward_only"] = {"success": rewarded.success, "msg": rewarded.msg}
             report.append(entry)
     json.dump(report, sys.stdout)
     return 0

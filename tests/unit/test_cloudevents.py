@@ -131,6 +131,21 @@ def test_feedback_sent_through_seldon_is_logged_as_ground_truth(tmp_path: Path) 
     feed.close()
 
 
+def test_feedback_with_a_reward_and_no_truth_is_acknowledged_and_kept_nowhere(
+        tmp_path: Path) -> None:
+    """Seldon's executor takes feedback without truth and logs it as an event too: a 202
+    (its logger counts any other answer as a failure), nothing in the inbox."""
+    results = run(tmp_path / "store", [
+        post("/", {"request": REQUEST_BODY, "response": {"meta": {"puid": "r1"}},
+                   "reward": 1}, headers(FEEDBACK, "f-1")),
+        post("/", {"response": {"meta": {"puid": "r1"}}, "reward": "x"},
+             headers(FEEDBACK, "f-2")),
+    ])
+    assert [code for code, _ in results] == [202, 400]
+    assert "reward must be a number" in results[1][1]["status"]["info"]
+    assert not (tmp_path / "store").exists()
+
+
 def test_the_store_refusing_a_write_is_no_acknowledgement(tmp_path: Path) -> None:
     class Down(ObjectStore):
         def write(self, uri: str, data: bytes) -> None:

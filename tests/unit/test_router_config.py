@@ -242,6 +242,16 @@ def test_parse_feedback_forms(body: dict[str, Any], expected: tuple[str, list[in
     assert parse_feedback(body) == expected
 
 
+@pytest.mark.parametrize("body", [
+    {"reward": 1.0},
+    {"response": {"meta": {"puid": "p"}}, "reward": -1},
+    {"request": {"data": {"ndarray": [[1]]}}, "response": {"meta": {"puid": "p"}},
+     "truth": None, "reward": None},
+])
+def test_seldon_feedback_without_truth_is_a_reward_only(body: dict[str, Any]) -> None:
+    assert parse_feedback(body) is None
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -254,6 +264,10 @@ def test_parse_feedback_forms(body: dict[str, Any], expected: tuple[str, list[in
         ({"puid": "p", "labels": []}, "non-empty"),
         ({"puid": 7, "label": 1}, "puid must be"),
         ({"truth": {"data": {"ndarray": [1]}}}, "response.meta.puid"),
+        ({}, "response.meta.puid"),
+        ({"reward": "x"}, "reward must be a number"),
+        ({"reward": True, "response": {"meta": {"puid": "p"}}}, "reward must be a number"),
+        ({"response": [1], "reward": 1}, "response must be"),
         ({"response": {"meta": {"puid": "p"}}, "truth": {}}, "truth.data.ndarray"),
         ({"response": {"meta": {"puid": "p"}},
           "truth": {"data": {"tensor": {"shape": [3], "values": [1, 0]}}}}, "truth.data.tensor"),

@@ -106,9 +106,9 @@ def test_window_queries() -> None:
            'predictor_version="v2"')
     assert q["requests"] == ("sum by (code) (increase(seldon_api_executor_server_requests_"
                              f'seconds_count{{{sel},service="predictions"}}[2500ms]))')
-    assert q["buckets"].startswith("sum by (le) (increase(seldon_api_executor_server_"
-                                   "requests_seconds_bucket{")
-    assert 'service="predictions"' in q["buckets"]
+    assert q["p99"] == ("histogram_quantile(0.99, sum by (le) (increase(seldon_api_executor_"
+                        f'server_requests_seconds_bucket{{{sel},service="predictions"}}'
+                        "[2500ms])))")
     # the model server's class counter has no service label
     assert q["classes"] == f"sum by (class) (increase(trellis_predictions_total{{{sel}}}[2500ms]))"
     other = window_queries(LabelScheme("kubernetes_namespace", "seldon_deployment"), "farm",
