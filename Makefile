@@ -60,15 +60,17 @@ lint: env
 # TEST_TMPDIR: the tests' TMPDIR (.ci/run gives them one of their own, to check it after).
 test: install cluster-binaries node-deps lint
 	bash scripts/install-chromium.sh
-	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(VENV)/bin/pytest -ra tests
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(VENV)/bin/pytest -ra --durations=30 tests
 
 # The Dockerfile's trainer and model-server images with their CUDA-sized environments
 # baked into the layers (make test mounts them from the host instead: minutes and
-# ~13 GB of containerd storage per image), checked as images and as pods on the node.
+# ~13 GB of containerd storage per image), checked as images and as pods on the node,
+# the trainer also as the operator runs it in a namespace enforcing the restricted profile.
 test-images: install cluster-binaries
 	bash scripts/install-node-deps.sh
 	TRELLIS_IMAGE_ENVIRONMENTS=baked $(VENV)/bin/pytest -ra tests/images \
-	    tests/node/test_images_in_pods.py
+	    tests/node/test_images_in_pods.py \
+	    tests/node/test_operator_pod.py::test_a_restricted_namespace_trains_with_the_baked_trainer_image
 
 test-unit: env
 	$(VENV)/bin/pytest -q tests/unit

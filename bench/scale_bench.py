@@ -1,12 +1,16 @@
 """Scale benchmark: an operator with N Experiments (``backend: kubernetes``, no node, so
-the Jobs never start), from the apply to a quiet steady state.
+the Jobs never start) and N ModelDeployments (``backend: seldon``, each serving one of
+those Experiments, so each waits for a model that never comes: ``ModelNotReady``), from
+the apply to a quiet steady state.
 
-For each N (100 and 1,000 by default) the operator runs as a process
+For each N (100 and 1,000 by default; ``--sizes 100 1000 5000`` for the growth) the
+operator runs as a process
 (``python -m controller -n <namespace>``, as in a pod) against a fresh dev cluster
 (etcd + kube-apiserver, no controller-manager). Measured:
 
-- converge: seconds from the start of ``kubectl apply --server-side`` of N Experiments
-  to N Jobs on the API server, and to every Experiment's status recording its Job;
+- converge: seconds from the start of ``kubectl apply --server-side`` of the 2N objects
+  to N Jobs on the API server, and to every Experiment's status recording its Job and
+  every ModelDeployment's its ``Ready`` condition;
 - steady state, over ``--window`` seconds once converged: API requests per second on
   the kinds the operator touches (the API server's own ``apiserver_request_total``, so
   kopf's requests count too; its self-maintenance on leases and endpoints does not),
@@ -49,7 +53,8 @@ from bench.rows import emit
 from controller.devcluster.cluster import DevCluster
 from controller.paths import ROOT
 from controller.processes import free_port
-from tests.support.gitrepo import experiment
+from tests.support.clusterwide import SELDON_CRD
+from tests.support.gitrepo import deployment, experiment
 from tests.support.kube import healthy
 
 GROUP, VERSION = "mlops.trellis.dev", "v1alpha1"
@@ -65,9 +70,10 @@ row = partial(rows.row, digits=4)
 
 @dataclass
 class Measured:
-    applied_s: float  # kubectl apply of N Experiments returned
+    applied_s: float  # kubectl apply of N Experiments and N ModelDeployments returned
     jobs_s: float  # apply -> N Jobs exist
-    recorded_s: float  # apply -> every status names its Job
+    recorded_s: float  # apply -> every Experiment's status names its Job
+    deployments_s: float  # apply -> every ModelDeployment's status has its Ready condition
     requests: Counter = field(default_factory=Counter)  # (verb, resource) -> count in window
     window_s: float = 0.0
     cpu_pct: float = 0.0
@@ -163,6 +169,9 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
         for i in range(n):
             items.append(yaml.safe_load(experiment(f"exp-{i:04d}", ns, gpu=0,
                                                    backend="kubernetes")))
+            mdep = yaml.safe_load(deployment(f"mdep-{i:04d}", ns, experiment=f"exp-{i:04d}"))
+            mdep["spec"]["backend"] = "seldon"
+            items.append(mdep)
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         started = time.monotonic()
         dev.kubectl("apply", "--server-side", "--field-manager=scale-bench", "-f", "-",
@@ -183,7 +192,17 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
                        for e in exps) >= n
         wait(recorded, 900, f"{n} statuses")
         recorded_s = time.monotonic() - started
-        log(f"[scale] {n}: all recorded after {recorded_s:.1f}s; settling")
+
+        def waiting() -> bool:
+            mdeps = objs.list_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments",
+                                                       _request_timeout=60)["items"]
+            return sum(any(c.get("type") == "Ready" and c.get("reason") == "ModelNotReady"
+                           for c in (m.get("status") or {}).get("conditions") or [])
+                       for m in mdeps) >= n
+        wait(waiting, 900, f"{n} ModelDeployment statuses")
+        deployments_s = time.monotonic() - started
+        log(f"[scale] {n}: all recorded after {recorded_s:.1f}s, deployments after "
+            f"{deployments_s:.1f}s; settling")
         settle(dev)
 
         before, own_before = apiserver_requests(dev), operator_requests(port)
@@ -191,7 +210,7 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
         time.sleep(window)
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         after, own_after = apiserver_requests(dev), operator_requests(port)
-        out = Measured(applied_s, jobs_s, recorded_s, after - before, t1 - t0,
+        out = Measured(applied_s, jobs_s, recorded_s, deployments_s, after - before, t1 - t0,
                        100 * (cpu1 - cpu0) / (t1 - t0), rss_mb(proc.pid),
                        own_after - own_before)
         log(f"[scale] {n}: {out.per_s:.2f} req/s {dict(out.requests)}, cpu {out.cpu_pct:.1f}%,"
@@ -221,15 +240,22 @@ def describe(counts: Counter) -> str:
 
 def rows_for(n: int, m: Measured, base: Measured | None, base_name: str | None
              ) -> list[dict[str, Any]]:
-    what = f"scale: {n} Experiments (backend kubernetes, no node)"
+    what = f"scale: {n} Experiments + {n} ModelDeployments (cluster backends, no node)"
 
     def b(attr: str) -> float | None:
         return getattr(base, attr) if base else None
     return [
         row(f"{what}: all Jobs created", m.jobs_s, "s", base_name, b("jobs_s"),
-            f"from the start of kubectl apply --server-side of {n} Experiments (which took "
-            f"{m.applied_s:.1f}s) to {n} Jobs on the API server; every status recorded "
-            f"after {m.recorded_s:.1f}s. Target at 1,000: < 60 s. One run."),
+            f"from the start of kubectl apply --server-side of {n} Experiments and {n} "
+            f"ModelDeployments (which took {m.applied_s:.1f}s) to {n} Jobs on the API "
+            f"server; every Experiment's status recorded after {m.recorded_s:.1f}s. "
+            "One run."),
+        row(f"{what}: converged", max(m.recorded_s, m.deployments_s), "s", base_name,
+            max(base.recorded_s, base.deployments_s) if base else None,
+            f"from the start of the apply to every status written: the Experiments' "
+            f"(their Job recorded) after {m.recorded_s:.1f}s, the ModelDeployments' "
+            f"(Ready=False ModelNotReady: their Experiment never trains) after "
+            f"{m.deployments_s:.1f}s. Target at 1,000: < 60 s. One run."),
         row(f"{what}: steady-state API requests", m.per_s, "req/s", base_name,
             base.per_s if base else None,
             f"apiserver_request_total on the operator's kinds over {m.window_s:.0f}s once "
@@ -268,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         dev = DevCluster(Path(tmp) / "cluster" if own else Path(args.kubeconfig).parent)
         if own:
             dev.up()
+        # The ModelDeployments' backend: the operator watches SeldonDeployments.
+        dev.kubectl("apply", "--server-side", "-f", str(SELDON_CRD))
+        dev.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/seldondeployments.machinelearning.seldon.io")
         api = k8s_config.new_client_from_config(config_file=str(dev.kubeconfig))
         try:
             for n in args.sizes:
