@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import rows
 from bench.rows import emit
+from controller.api import Cond, Reason
 from controller.devcluster.cluster import DevCluster
 from controller.paths import ROOT
 from controller.processes import free_port
@@ -196,7 +197,8 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
         def waiting() -> bool:
             mdeps = objs.list_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments",
                                                        _request_timeout=60)["items"]
-            return sum(any(c.get("type") == "Ready" and c.get("reason") == "ModelNotReady"
+            return sum(any(c.get("type") == Cond.READY
+                               and c.get("reason") == Reason.MODEL_NOT_READY
                            for c in (m.get("status") or {}).get("conditions") or [])
                        for m in mdeps) >= n
         wait(waiting, 900, f"{n} ModelDeployment statuses")
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         # The ModelDeployments' backend: the operator watches SeldonDeployments.
         dev.kubectl("apply", "--server-side", "-f", str(SELDON_CRD))
         dev.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/seldondeployments.machinelearning.seldon.io")
+                    "-f", str(SELDON_CRD))
         api = k8s_config.new_client_from_config(config_file=str(dev.kubeconfig))
         try:
             for n in args.sizes:
