@@ -80,6 +80,8 @@ class Measured:
     cpu_pct: float = 0.0
     rss_mb: float = 0.0
     operator_requests: Counter = field(default_factory=Counter)  # its own counter
+    apply_alone_s: float = 0.0  # the same apply into a namespace no operator watches
+    converge_requests: Counter = field(default_factory=Counter)  # apply start -> converged
 
     @property
     def per_s(self) -> float:
@@ -166,14 +168,17 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
     objs, batch = k8s.CustomObjectsApi(api), k8s.BatchV1Api(api)
     try:
         wait(lambda: healthy(port), 120, "the operator's /healthz", 0.5)
-        items = []
-        for i in range(n):
-            items.append(yaml.safe_load(experiment(f"exp-{i:04d}", ns, gpu=0,
-                                                   backend="kubernetes")))
-            mdep = yaml.safe_load(deployment(f"mdep-{i:04d}", ns, experiment=f"exp-{i:04d}"))
-            mdep["spec"]["backend"] = "seldon"
-            items.append(mdep)
-        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        # The apply alone, where no operator looks: how much of "converged" is kubectl's.
+        alone = f"{ns}-alone"
+        dev.kubectl("create", "namespace", alone)
+        started = time.monotonic()
+        dev.kubectl("apply", "--server-side", "--field-manager=scale-bench", "-f", "-",
+                    input=objects_doc(n, alone), timeout=1800)
+        apply_alone_s = time.monotonic() - started
+        log(f"[scale] {n}: the apply alone took {apply_alone_s:.1f}s")
+
+        doc = objects_doc(n, ns)
+        requests_before = apiserver_requests(dev)
         started = time.monotonic()
         dev.kubectl("apply", "--server-side", "--field-manager=scale-bench", "-f", "-",
                     input=doc, timeout=1800)
@@ -203,8 +208,9 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
                        for m in mdeps) >= n
         wait(waiting, 900, f"{n} ModelDeployment statuses")
         deployments_s = time.monotonic() - started
+        converge_requests = apiserver_requests(dev) - requests_before
         log(f"[scale] {n}: all recorded after {recorded_s:.1f}s, deployments after "
-            f"{deployments_s:.1f}s; settling")
+            f"{deployments_s:.1f}s ({describe(converge_requests)}); settling")
         settle(dev)
 
         before, own_before = apiserver_requests(dev), operator_requests(port)
@@ -214,12 +220,25 @@ def measure(dev: DevCluster, api: k8s.ApiClient, root: Path, n: int, window: flo
         after, own_after = apiserver_requests(dev), operator_requests(port)
         out = Measured(applied_s, jobs_s, recorded_s, deployments_s, after - before, t1 - t0,
                        100 * (cpu1 - cpu0) / (t1 - t0), rss_mb(proc.pid),
-                       own_after - own_before)
+                       own_after - own_before, apply_alone_s, converge_requests)
         log(f"[scale] {n}: {out.per_s:.2f} req/s {dict(out.requests)}, cpu {out.cpu_pct:.1f}%,"
             f" rss {out.rss_mb:.0f} MB; operator's own: {dict(out.operator_requests)}")
         return out
     finally:
         stop(proc)
+
+
+def objects_doc(n: int, ns: str) -> str:
+    """N Experiments (``backend: kubernetes``) and N ModelDeployments serving them
+    (``backend: seldon``), as one List for ``kubectl apply``."""
+    items = []
+    for i in range(n):
+        items.append(yaml.safe_load(experiment(f"exp-{i:04d}", ns, gpu=0,
+                                               backend="kubernetes")))
+        mdep = yaml.safe_load(deployment(f"mdep-{i:04d}", ns, experiment=f"exp-{i:04d}"))
+        mdep["spec"]["backend"] = "seldon"
+        items.append(mdep)
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
 def settle(dev: DevCluster, quiet_s: float = 10.0, limit_s: float = 300.0) -> None:
@@ -257,7 +276,10 @@ def rows_for(n: int, m: Measured, base: Measured | None, base_name: str | None
             f"from the start of the apply to every status written: the Experiments' "
             f"(their Job recorded) after {m.recorded_s:.1f}s, the ModelDeployments' "
             f"(Ready=False ModelNotReady: their Experiment never trains) after "
-            f"{m.deployments_s:.1f}s. Target at 1,000: < 60 s. One run."),
+            f"{m.deployments_s:.1f}s. The apply alone, into a namespace no operator "
+            f"watches, takes {m.apply_alone_s:.1f}s. API requests on the way: "
+            f"{describe(m.converge_requests)} (the apply's own PATCHes included). "
+            "Target at 1,000: < 60 s. One run."),
         row(f"{what}: steady-state API requests", m.per_s, "req/s", base_name,
             base.per_s if base else None,
             f"apiserver_request_total on the operator's kinds over {m.window_s:.0f}s once "

@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 
 from controller import api
-from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, Kube, Resource
+from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, ApiException, Kube, Resource
 from controller.loop import older
 
 # Kubernetes labels a Job's pods with its name (1.27+; ``job-name`` before).
@@ -114,11 +114,16 @@ class Seen:
 class Children:
     """Reads of owned objects: the watches' indices first, the API server on a miss."""
 
-    def __init__(self, kube: Kube, indices: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, kube: Kube, indices: Mapping[str, Any] | None = None,
+                 unserved: frozenset[str] = frozenset()) -> None:
+        """``unserved``: plurals the API server did not serve when the operator started
+        (``unserved_kinds``). kopf may never watch them, so their empty indices say
+        nothing and they are read by GET."""
         self.kube = kube
         indices = indices or {}
         self._index: dict[str, Mapping[Any, Any] | None] = {
-            res.plural: indices.get(name) for res, name in (
+            res.plural: None if res.plural in unserved else indices.get(name)
+            for res, name in (
                 (JOBS, JOBS_INDEX), (PODS, PODS_INDEX), (SELDON_DEPLOYMENTS, SELDON_INDEX))}
         self._notes: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         # (plural, ns, name) -> (resourceVersion, when the watch or a GET last showed it)
@@ -128,13 +133,21 @@ class Children:
         """Whether a watch feeds this kind (its changes wake their owners)."""
         return self._index.get(res.plural) is not None
 
-    async def get(self, res: Resource, namespace: str, name: str) -> Seen:
+    async def get(self, res: Resource, namespace: str, name: str, *,
+                  unseen_is_absent: bool = False) -> Seen:
+        """The child from the watch's index, our own write the watch has not delivered
+        yet, or the API server. A child the watch has not seen is asked of the API server
+        unless ``unseen_is_absent``: for a caller whose answer to "absent" is an
+        idempotent apply (a wrong absence costs one no-op write) that read would be a GET
+        per pass for every owner still waiting for its first child."""
         cached = self._cached(res, namespace, name)
         note = self._note(res, namespace, name)
         if note is not None and (cached is None or older(cached, note)):
             return Seen(note, False)  # ours, not delivered yet: the delivery wakes us
         if cached is not None:
             return await self._verified(res, namespace, name, cached)
+        if unseen_is_absent and self.watching(res):
+            return Seen(None, True)  # its creation would wake the owner
         return Seen(await self.kube.get(res, namespace, name), False)
 
     async def _verified(self, res: Resource, namespace: str, name: str,
@@ -202,6 +215,23 @@ class Children:
             del self._notes[key]
             return None
         return noted[1]
+
+
+async def unserved_kinds(kube: Kube) -> frozenset[str]:
+    """The child kinds the API server does not serve (discovery, readable by every
+    authenticated user): the SeldonDeployment CRD before Seldon Core is installed."""
+    missing = set()
+    for res in WATCHED:
+        group_version = res.path().rsplit("/", 1)[0]
+        try:
+            found = await kube.request("GET", group_version)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            found = {}
+        if res.plural not in {r.get("name") for r in found.get("resources") or []}:
+            missing.add(res.plural)
+    return frozenset(missing)
 
 
 async def require_watch_access(kube: Kube, namespaces: list[str] | None) -> None:

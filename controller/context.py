@@ -9,6 +9,7 @@ from controller.children import Children
 from controller.kube import Kube
 from controller.loop import Reconciler, Wakeups
 from controller.metrics import OperatorMetrics
+from controller.references import References
 from controller.retrain_requests import RetrainRequests
 from controller.settings import Settings
 
@@ -25,12 +26,17 @@ class Context:
     children: Children = field(default=None)  # type: ignore[assignment]
     # The ModelDeployments' retrain requests, per Experiment (no index: read by LIST).
     retrain_requests: RetrainRequests = field(default=None)  # type: ignore[assignment]
+    # Deployment <-> Experiment reads from kopf's indices (without them: GET, and an
+    # Experiment's change wakes its namespace's deployments).
+    references: References = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.children is None:
             self.children = Children(self.kube)
         if self.retrain_requests is None:
             self.retrain_requests = RetrainRequests(self.kube)
+        if self.references is None:
+            self.references = References(self.kube)
 
     async def close(self) -> None:
         for rec in self.reconcilers.values():

@@ -8,9 +8,11 @@ it in memory for the reconcilers (``controller.children``) and an event handler 
 its owner's loop when it changes; kopf fills the indices before any daemon starts.
 An index of the ModelDeployments' retrain requests (``controller.retrain_requests``) lets
 the Experiment reconciler adopt them from memory; the deployment's event handler wakes
-the Experiment it asks. Handlers that touch the loops' asyncio state are ``async``: kopf
-runs a plain ``def`` in a worker thread, and asyncio objects may not be used from another
-thread.
+the Experiment it asks. Two more (``controller.references``) keep the Experiments a
+deployment reads and, per Experiment, the deployments serving it: an Experiment's event
+wakes only those, and their passes read it from memory. Handlers that touch the loops'
+asyncio state are ``async``: kopf runs a plain ``def`` in a worker thread, and asyncio
+objects may not be used from another thread.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from controller import api, children
+from controller import api, children, references
 from controller import operator as op
 from controller import retrain_requests as requests
 from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS
@@ -33,12 +35,16 @@ SELDON = (SELDON_DEPLOYMENTS.group, SELDON_DEPLOYMENTS.version, SELDON_DEPLOYMEN
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, owned_jobs: kopf.Index,
                   owned_pods: kopf.Index, owned_seldondeployments: kopf.Index,
-                  retrain_requests: kopf.Index, **_: Any) -> None:
+                  retrain_requests: kopf.Index, experiments: kopf.Index,
+                  deployments_by_experiment: kopf.Index, **_: Any) -> None:
     op.configure_kopf(settings)
     memo.ctx = await op.build_context(indices={
         children.JOBS_INDEX: owned_jobs, children.PODS_INDEX: owned_pods,
         children.SELDON_INDEX: owned_seldondeployments,
-        requests.INDEX: retrain_requests}, namespaces=memo.get("namespaces"))
+        requests.INDEX: retrain_requests,
+        references.EXPERIMENTS_INDEX: experiments,
+        references.DEPLOYMENTS_INDEX: deployments_by_experiment},
+        namespaces=memo.get("namespaces"))
 
 
 @kopf.on.login()
@@ -74,6 +80,11 @@ async def experiment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int,
     await op.on_delete(memo.ctx, api.EXPERIMENT.kind, body, retry)
 
 
+@kopf.index(api.GROUP, api.VERSION, api.EXPERIMENT.plural, id=references.EXPERIMENTS_INDEX)
+async def experiment_references(body: kopf.Body, **_: Any) -> dict:
+    return references.experiment_entry(body)
+
+
 # ------------------------------------------------------------- ModelDeployment
 @kopf.daemon(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural, **DAEMON_OPTS)
 async def deployment_loop(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
@@ -95,6 +106,12 @@ async def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int,
 @kopf.index(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural, id=requests.INDEX)
 async def deployment_retrain_requests(body: kopf.Body, **_: Any) -> dict:
     return requests.index_entry(body)
+
+
+@kopf.index(api.GROUP, api.VERSION, api.MODEL_DEPLOYMENT.plural,
+            id=references.DEPLOYMENTS_INDEX)
+async def deployment_references(body: kopf.Body, **_: Any) -> dict:
+    return references.deployment_entry(body)
 
 
 # -------------------------------------------------------------- SpecRepository

@@ -50,9 +50,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class WakeupNoise(logging.Filter):
+    """kopf logs each handler's success at INFO. Our ``*_event`` handlers only wake a
+    loop: at INFO that was a line per watch event of every object (ten thousand while a
+    thousand Experiments and deployments converge), and its formatting a share of the
+    operator's CPU. They are DEBUG lines; their failures stay as kopf logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "kopf.objects" and record.levelno == logging.INFO \
+                and isinstance(record.msg, str) and record.msg.startswith("Handler '") \
+                and record.msg.endswith("_event' succeeded."):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(*, verbose: bool = False, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("TRELLIS_LOG_FORMAT", "json")
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(WakeupNoise())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

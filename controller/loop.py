@@ -262,6 +262,9 @@ async def run_loop(
             if result.requeue_after is not None:
                 delay = min(delay, result.requeue_after)
         wait = resync if delay is None else min(delay, resync)
+        # Asleep, a loop holds only what its next pass needs (``written``), not this
+        # pass's copy of the object: thousands of loops sleep at once.
+        del obj, result
         await _sleep(wakeup, stopped, wait)
 
 

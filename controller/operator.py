@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from controller import api, children, failures, retrain_requests
+from controller import api, children, failures, references, retrain_requests
 from controller.context import Context
 from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, Kube
 from controller.loop import run_loop, snapshot
@@ -60,8 +60,8 @@ async def build_context(settings: Settings | None = None,
                         indices: Mapping[str, Any] | None = None,
                         namespaces: list[str] | None = None) -> Context:
     """The shared context; ``indices`` are kopf's indices of the children we own,
-    watched in ``namespaces`` (None: cluster-wide), and of the ModelDeployments' retrain
-    requests."""
+    watched in ``namespaces`` (None: cluster-wide), of the ModelDeployments' retrain
+    requests, and of the deployment → Experiment references (``controller.references``)."""
     from controller.reconcilers.deployments import ModelDeploymentReconciler
     from controller.reconcilers.experiments import ExperimentReconciler
     from controller.reconcilers.specrepos import SpecRepositoryReconciler
@@ -69,12 +69,18 @@ async def build_context(settings: Settings | None = None,
     settings = settings or Settings.from_env()
     metrics = OperatorMetrics()
     kube = Kube.from_env(on_request=metrics.record_request)
+    unserved: frozenset[str] = frozenset()
     if indices is not None:
         await children.require_watch_access(kube, namespaces)
+        unserved = await children.unserved_kinds(kube)
+        if unserved:
+            log.warning("the API server does not serve %s: read by request until the "
+                        "operator restarts after they are installed", ", ".join(sorted(unserved)))
     ctx = Context(settings=settings, kube=kube, metrics=metrics,
-                  children=children.Children(kube, indices),
+                  children=children.Children(kube, indices, unserved),
                   retrain_requests=retrain_requests.RetrainRequests(
-                      kube, (indices or {}).get(retrain_requests.INDEX)))
+                      kube, (indices or {}).get(retrain_requests.INDEX)),
+                  references=references.References(kube, indices))
     ctx.reconcilers = {
         api.EXPERIMENT.kind: ExperimentReconciler(ctx),
         api.MODEL_DEPLOYMENT.kind: ModelDeploymentReconciler(ctx),

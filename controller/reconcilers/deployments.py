@@ -21,7 +21,7 @@ from controller import api, conditions
 from controller.canary import Analysis, Policy, analyse, seconds_since, serving_failed, weights
 from controller.context import Context
 from controller.failures import MetricsUnavailable, StorageUnavailable
-from controller.kube import EXPERIMENTS, MODEL_DEPLOYMENTS
+from controller.kube import MODEL_DEPLOYMENTS
 from controller.loop import Event, Outcome
 from controller.metrics import Count
 from controller.request_logging import LogState, logging_conditions
@@ -116,8 +116,8 @@ class ModelDeploymentReconciler:
         backend = spec.get("backend", "local")
         status["observedGeneration"] = gen
 
-        exp = await self.ctx.kube.get(EXPERIMENTS, meta["namespace"],
-                                      spec["model"]["experiment"])
+        exp = await self.ctx.references.experiment(meta["namespace"],
+                                                   spec["model"]["experiment"])
         if exp is None:
             return self._not_ready(status, gen, api.Reason.EXPERIMENT_NOT_FOUND,
                                    f"Experiment {spec['model']['experiment']!r} not found in "

@@ -46,8 +46,13 @@ class ExperimentReconciler:
         self.cluster = KubernetesTrainingBackend(ctx.kube, ctx.settings, ctx.children)
 
     def related(self, obj: dict[str, Any]) -> list[tuple[str, str, str | None]]:
-        # A new model version matters to every ModelDeployment in the namespace.
-        return [(api.MODEL_DEPLOYMENT.kind, obj["metadata"]["namespace"], None)]
+        """The ModelDeployments serving this Experiment (a new model version is theirs
+        to roll out); the namespace's, when no index says which those are."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        serving = self.ctx.references.deployments_of(ns, name)
+        if serving is None:
+            return [(api.MODEL_DEPLOYMENT.kind, ns, None)]
+        return [(api.MODEL_DEPLOYMENT.kind, ns, d) for d in serving]
 
     async def reconcile(self, obj: dict[str, Any]) -> Outcome:
         meta, spec = obj["metadata"], obj["spec"]

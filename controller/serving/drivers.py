@@ -115,7 +115,8 @@ class SeldonDriver:
         desired = seldon.render(mdep, predictors, self.ctx.settings, drift_logging=drift_logging)
         meta = mdep["metadata"]
         pending = (mdep.get("status") or {}).get(PENDING_WRITE)
-        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"],
+                                           unseen_is_absent=True)
         current, watched = seen.obj, seen.watched
         now = dt.datetime.now(dt.UTC)
         if current is not None and caught_up(current, pending, now):
@@ -141,7 +142,8 @@ class SeldonDriver:
 
     async def observe(self, mdep: dict[str, Any]) -> Assessment | None:
         meta = mdep["metadata"]
-        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"])
+        seen = await self.ctx.children.get(SELDON_DEPLOYMENTS, meta["namespace"], meta["name"],
+                                           unseen_is_absent=True)
         if seen.obj is None:
             return None
         return assess(seen.obj, (mdep.get("status") or {}).get(PENDING_WRITE),

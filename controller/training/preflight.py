@@ -12,6 +12,7 @@ with the SpecRepository's Secret, which must be in the Experiment's namespace.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from controller import api, schema
 from controller.training import clone, flowinspect
+
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,29 @@ def _commit(exp: dict[str, Any], root: Path) -> str | None:
     ann = exp["metadata"].get("annotations") or {}
     if ann.get(api.ANN_SOURCE_COMMIT):
         return ann[api.ANN_SOURCE_COMMIT]
+    return head_commit(root)
+
+
+def head_commit(root: Path) -> str | None:
+    """HEAD's commit of the checkout at ``root``, read from the files git keeps it in
+    (``HEAD``, and the loose ref it names: gitrepository-layout(5)). git is asked only
+    where those do not answer (a packed or reftable ref, a worktree, a subdirectory): a
+    thousand launches were a thousand forks of the operator, each a ``git rev-parse``."""
+    git = root / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if _SHA.fullmatch(head):
+            return head  # detached, as a SpecRepository's checkouts are
+        if head.startswith("ref: refs/"):
+            ref = (git / head.removeprefix("ref: ")).read_text().strip()
+            if _SHA.fullmatch(ref):
+                return ref
+    except OSError:
+        pass
+    return _rev_parse(root)
+
+
+def _rev_parse(root: Path) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10)

@@ -136,6 +136,50 @@ def test_a_miss_asks_the_api_server() -> None:
     assert kube.calls == [("get", "jobs"), ("list", "pods"), ("get", "jobs")]
 
 
+def test_an_unseen_child_is_absent_for_a_caller_that_applies_idempotently() -> None:
+    """The Seldon driver's answer to "absent" is a server-side apply: a deployment still
+    waiting for its model asks the API server nothing about its SeldonDeployment, while
+    a Job, whose absence ends a run as lost, is still asked."""
+    kube = FakeKube()
+    cache = Children(kube, indices())
+    seen = asyncio.run(cache.get(SELDON_DEPLOYMENTS, NS, "m", unseen_is_absent=True))
+    assert seen == children.Seen(None, True) and kube.calls == []
+    assert asyncio.run(cache.get(JOBS, NS, "j")).obj is None
+    assert kube.calls == [("get", "jobs")]
+    unwatched = Children(kube)  # no watch: only the API server knows
+    asyncio.run(unwatched.get(SELDON_DEPLOYMENTS, NS, "m", unseen_is_absent=True))
+    assert kube.calls[-1] == ("get", "seldondeployments")
+
+
+class DiscoveryKube(FakeKube):
+    """Serves API discovery: the Seldon group only once Seldon Core is installed."""
+
+    def __init__(self, seldon: bool) -> None:
+        super().__init__()
+        self.seldon = seldon
+
+    async def request(self, method: str, path: str, *_: Any) -> dict:
+        served = {"/apis/batch/v1": ["jobs", "jobs/status"], "/api/v1": ["pods", "events"]}
+        if self.seldon:
+            served["/apis/machinelearning.seldon.io/v1"] = ["seldondeployments"]
+        if path not in served:
+            raise children.ApiException(status=404, reason="Not Found")
+        return {"resources": [{"name": n} for n in served[path]]}
+
+
+def test_a_kind_not_served_at_start_up_is_read_by_request() -> None:
+    """No Seldon CRD when the operator started: kopf may never watch SeldonDeployments,
+    so their empty index says nothing about them and they are asked for."""
+    assert asyncio.run(children.unserved_kinds(DiscoveryKube(seldon=True))) == frozenset()
+    kube = DiscoveryKube(seldon=False)
+    unserved = asyncio.run(children.unserved_kinds(kube))
+    assert unserved == {"seldondeployments"}
+    cache = Children(kube, indices(), unserved)
+    assert cache.watching(JOBS) and not cache.watching(SELDON_DEPLOYMENTS)
+    seen = asyncio.run(cache.get(SELDON_DEPLOYMENTS, NS, "m", unseen_is_absent=True))
+    assert not seen.watched and kube.calls == [("get", "seldondeployments")]
+
+
 def test_without_watches_everything_is_read_by_request() -> None:
     kube = FakeKube({("jobs", "j"): job("j", 3)})
     cache = Children(kube)

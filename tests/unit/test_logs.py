@@ -89,3 +89,18 @@ def test_text_format_is_available(captured: io.StringIO) -> None:
     logging.getLogger().handlers[0].setStream(out)  # type: ignore[attr-defined]
     logging.getLogger("trellis.test").info("plain")
     assert out.getvalue().rstrip().endswith("INFO trellis.test: plain")
+
+
+def test_kopf_wake_up_handler_successes_are_debug_lines(captured: io.StringIO) -> None:
+    """kopf logs every handler's success at INFO (``f"{handler} succeeded."``); for our
+    ``*_event`` wake-ups that is a line per watch event, so they are DEBUG."""
+    logger = kopf.ObjectLogger(body=kopf.Body(BODY), settings=kopf.OperatorSettings())
+    logger.info("Handler 'experiment_event' succeeded.")
+    logger.info("Handler 'experiment_deleted' succeeded.")
+    logger.error("Handler 'experiment_event' failed with an exception. Will retry.")
+    assert [r["msg"] for r in records(captured)] == [
+        "Handler 'experiment_deleted' succeeded.",
+        "Handler 'experiment_event' failed with an exception. Will retry."]
+    logging.getLogger().setLevel(logging.DEBUG)  # --verbose
+    logger.info("Handler 'deployment_event' succeeded.")
+    assert records(captured)[-1]["level"] == "debug"
