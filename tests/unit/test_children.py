@@ -15,6 +15,7 @@ from controller.children import Children
 from controller.kube import JOBS, PODS, SELDON_DEPLOYMENTS, verb_and_resource
 from controller.settings import Settings
 from controller.training.kubernetes import KubernetesTrainingBackend, job_state
+from tests.support.kopf_index import Index
 
 NS = "farm"
 
@@ -47,15 +48,6 @@ def pod(name: str, job_name: str, waiting: str | None = None) -> dict[str, Any]:
                                               "name": job_name, "controller": True}]},
             "spec": {"containers": [{"name": "flow", "image": "x"}]},
             "status": {"phase": "Pending", "containerStatuses": statuses}}
-
-
-class Index(dict):
-    """What kopf hands over: key -> a collection of the index handler's values."""
-
-    def add(self, entry: dict) -> Index:
-        for key, value in entry.items():
-            self.setdefault(key, []).append(value)
-        return self
 
 
 class FakeKube:

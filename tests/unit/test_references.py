@@ -11,18 +11,10 @@ from controller.context import Context
 from controller.reconcilers.experiments import ExperimentReconciler
 from controller.references import References
 from controller.settings import Settings
+from tests.support.kopf_index import Index
 
 NS = "farm"
 MODELS = [{"version": "v1", "uri": "s3://models/classifier/v1"}]
-
-
-class Index(dict):
-    """What kopf hands over: key -> a collection of the index handler's values."""
-
-    def add(self, entry: dict) -> Index:
-        for key, value in entry.items():
-            self.setdefault(key, []).append(value)
-        return self
 
 
 class FakeKube:
