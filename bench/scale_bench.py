@@ -298,7 +298,8 @@ def rows_for(n: int, m: Measured, base: Measured | None, base_name: str | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--window", type=float, default=65.0,
+                        help="the steady-state window: longer than one resync (60 s)")
     parser.add_argument("--baseline-root", type=Path,
                         help="another checkout to measure as the baseline")
     parser.add_argument("--baseline-name", default="the baseline checkout")

@@ -227,7 +227,7 @@ async def unserved_kinds(kube: Kube) -> frozenset[str]:
             found = await kube.request("GET", group_version)
         except ApiException as exc:
             if exc.status != 404:
-                raise
+                continue  # discovery refused: taken as served, as kopf's watch will say
             found = {}
         if res.plural not in {r.get("name") for r in found.get("resources") or []}:
             missing.add(res.plural)

@@ -146,11 +146,13 @@ def test_an_unseen_child_is_absent_for_a_caller_that_applies_idempotently() -> N
 class DiscoveryKube(FakeKube):
     """Serves API discovery: the Seldon group only once Seldon Core is installed."""
 
-    def __init__(self, seldon: bool) -> None:
+    def __init__(self, seldon: bool | None) -> None:
         super().__init__()
         self.seldon = seldon
 
     async def request(self, method: str, path: str, *_: Any) -> dict:
+        if self.seldon is None:
+            raise children.ApiException(status=403, reason="Forbidden")
         served = {"/apis/batch/v1": ["jobs", "jobs/status"], "/api/v1": ["pods", "events"]}
         if self.seldon:
             served["/apis/machinelearning.seldon.io/v1"] = ["seldondeployments"]
@@ -163,6 +165,8 @@ def test_a_kind_not_served_at_start_up_is_read_by_request() -> None:
     """No Seldon CRD when the operator started: kopf may never watch SeldonDeployments,
     so their empty index says nothing about them and they are asked for."""
     assert asyncio.run(children.unserved_kinds(DiscoveryKube(seldon=True))) == frozenset()
+    # Discovery refused (a cluster that withdrew it): every kind is taken as served.
+    assert asyncio.run(children.unserved_kinds(DiscoveryKube(seldon=None))) == frozenset()
     kube = DiscoveryKube(seldon=False)
     unserved = asyncio.run(children.unserved_kinds(kube))
     assert unserved == {"seldondeployments"}
