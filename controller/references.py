@@ -3,10 +3,11 @@
 A ModelDeployment serves the models its Experiment registers (``status.models``), so
 each of its passes needs the Experiment, and each Experiment change matters to the
 deployments that serve it — and only to them. Two kopf indices answer both without the
-API server: Experiments by (namespace, name), keeping what a deployment reads (spec and
-``status.models``); and deployments by the Experiment they name. kopf fills both before
-any loop starts and updates them before an event's handlers run, so a deployment woken
-by its Experiment's event reads the Experiment as that event left it.
+API server: Experiments by (namespace, name), keeping what a deployment reads (spec,
+``status.models`` and ``status.retrain``); and deployments by the Experiment they
+name. kopf fills both before any loop starts and updates them before an event's
+handlers run, so a deployment woken by its Experiment's event reads the Experiment as
+that event left it.
 
 Without the indices (a reconciler driven outside kopf, in benchmarks) the Experiment is
 read by GET and an Experiment's change wakes its namespace's deployments.
