@@ -248,8 +248,7 @@ async def run_loop(
         obj = snapshot(body)
         if obj.get("metadata", {}).get("deletionTimestamp"):
             return
-        if written is not None and older(obj, written):
-            obj = written  # the watch has not delivered our own write yet
+        obj, written = latest(obj, written)
         result = await reconcile_once(reconciler, kube, obj, metrics, failed + 1)
         written = result.written if result.written is not None else written
         if result.failure is None:
@@ -266,6 +265,18 @@ async def run_loop(
         # pass's copy of the object: thousands of loops sleep at once.
         del obj, result
         await _sleep(wakeup, stopped, wait)
+
+
+def latest(obj: dict[str, Any], written: dict[str, Any] | None
+           ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The object to reconcile (our last write while the watch has not delivered it yet)
+    and the write still worth holding: none once the watch caught up, so that thousands
+    of sleeping loops do not each keep a second full copy of their object."""
+    if written is None:
+        return obj, None
+    if older(obj, written):
+        return written, written
+    return obj, None
 
 
 def older(obj: dict[str, Any], than: dict[str, Any]) -> bool:

@@ -286,3 +286,17 @@ def test_a_half_successful_pass_keeps_the_stored_transition_time() -> None:
     computed = serving().status  # this pass got as far as Ready=True, then failed
     again = failures.failed_status(computed, Failure(True, "ModelUnreadable", "x"), 1, stored)
     assert [c["lastTransitionTime"] for c in again["conditions"]] == ["2026-01-01T00:00:00Z"] * 2
+
+
+def test_a_loop_reads_its_own_write_until_the_watch_delivers_it_then_lets_it_go() -> None:
+    from controller.loop import latest
+
+    def at(rv: str) -> dict:
+        return {"metadata": {"resourceVersion": rv}}
+
+    ours = at("12")
+    assert latest(at("11"), ours) == (ours, ours)  # the watch is behind our write
+    assert latest(at("12"), ours) == (at("12"), None)  # caught up: kopf's copy only
+    assert latest(at("15"), ours) == (at("15"), None)
+    assert latest(at("11"), None) == (at("11"), None)
+    assert latest({"metadata": {"resourceVersion": "opaque"}}, ours)[1] is None
