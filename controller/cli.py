@@ -43,13 +43,14 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     cluster = DevCluster(Path(args.dir) if args.dir else None)
     try:
         if args.action == "up":
-            st = cluster.up(node=args.node, s3=args.s3,
+            st = cluster.up(node=args.node, s3=args.s3, prometheus=args.prometheus,
                             log=lambda m: print(m, file=sys.stderr))
             where = f"https://{st.host}:{st.apiserver_port}"
             print(f"dev cluster ready: {where} (kubeconfig {st.kubeconfig})"
                   + (f", node {cluster.node.state().name} Ready" if st.node else "")
                   + (f", S3 {st.s3_endpoint} (Secret trellis-system/trellis-s3)"
-                     if st.s3_pid else ""))
+                     if st.s3_pid else "")
+                  + (f", Prometheus {st.prometheus_url}" if st.prometheus_url else ""))
             print("\n".join(cluster.env_lines()))
         elif args.action == "down":
             print("dev cluster stopped" if cluster.down() else "dev cluster was not running")
@@ -102,6 +103,9 @@ def _dev_cluster_status(cluster) -> int:
     procs.update(node.pids if node else {})
     if st.s3_pid:
         procs["weed (S3)"] = st.s3_pid
+    prometheus = cluster.prometheus.state() if st.prometheus_url else None
+    if prometheus:
+        procs.update({"prometheus": prometheus.pid, "pod discovery": prometheus.discovery_pid})
     print(f"api server: https://{st.host}:{st.apiserver_port} (kubeconfig {st.kubeconfig})")
     for name, pid in procs.items():
         print(f"  {name:<24} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
@@ -109,6 +113,9 @@ def _dev_cluster_status(cluster) -> int:
         print(f"  node {node.name}: containerd socket {node.containerd_socket}")
     if st.s3_pid:
         print(f"  S3: {st.s3_endpoint}, bucket trellis, Secret trellis-system/trellis-s3")
+    if st.prometheus_url:
+        print(f"  Prometheus: {st.prometheus_url}, scraping Seldon's pods in every namespace "
+              "(ports named `metrics`, /prometheus)")
     healthy = cluster.running()
     print("healthy" if healthy else "degraded: `trellis dev-cluster down` then `up` again")
     return 0 if healthy else 1
@@ -167,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--s3", action="store_true",
                     help="with `up`: also an S3 server (SeaweedFS) with a bucket `trellis`; "
                          "its endpoint and keys in Secret trellis-system/trellis-s3")
+    dc.add_argument("--prometheus", action="store_true",
+                    help="with `up`: also a Prometheus on loopback that finds Seldon's model "
+                         "pods as Seldon's PodMonitor does (the canary analysis' metrics; "
+                         "its URL in `env` as TRELLIS_PROMETHEUS_URL)")
     dc.add_argument("--image", action="append", choices=["pause", "controller", "trainer",
                                                           "model-server"],
                     help="with `images`: only this image (repeatable); default: all")

@@ -166,7 +166,7 @@ def namespace_label() -> str:
 @pytest.fixture
 def prometheus(tmp_path: Path, namespace_label: str,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[Prometheus]:
-    prom = Prometheus(tmp_path / "prometheus").start()
+    prom = Prometheus(tmp_path / "prometheus", namespace_label=namespace_label).start()
     monkeypatch.setenv("TRELLIS_PROMETHEUS_URL", prom.url)
     monkeypatch.setenv("TRELLIS_PROMETHEUS_NAMESPACE_LABEL", namespace_label)
     try:

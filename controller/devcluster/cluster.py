@@ -1,5 +1,6 @@
 """A real local control plane: etcd + kube-apiserver on loopback, envtest-style, and
-optionally a real node (``node.py``) so pods run and an S3 server (``s3.py``).
+optionally a real node (``node.py``) so pods run, an S3 server (``s3.py``) and a
+Prometheus that finds model-server pods itself (``prometheus.py``).
 
 The same class serves ``trellis dev-cluster up|down|status|env`` (processes detached,
 state in a directory) and the pytest fixtures (a temporary state directory).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from controller.devcluster import binaries, certs, hostnet
 from controller.devcluster.node import Node, NodeError
+from controller.devcluster.prometheus import PrometheusError, PrometheusServer
 from controller.devcluster.s3 import S3Error, S3Server, apply_secret
 from controller.paths import CRDS_DIR
 from controller.processes import free_port, pid_alive, terminate
@@ -43,6 +46,8 @@ class ClusterState:
     # With `--s3`: SeaweedFS's weed (its ports and the rest: s3/server.json).
     s3_pid: int = 0
     s3_endpoint: str = ""
+    # With `--prometheus`: its URL (the rest: prometheus/server.json).
+    prometheus_url: str = ""
 
 
 def default_state_dir() -> Path:
@@ -67,7 +72,8 @@ class DevCluster:
         return bool(st and pid_alive(st.etcd_pid) and pid_alive(st.apiserver_pid)
                     and self._ready(st)
                     and (not st.node or all(self.node.running().values()))
-                    and (not st.s3_pid or pid_alive(st.s3_pid)))
+                    and (not st.s3_pid or pid_alive(st.s3_pid))
+                    and (not st.prometheus_url or self.prometheus.running()))
 
     @property
     def node(self) -> Node:
@@ -79,22 +85,28 @@ class DevCluster:
         return S3Server(self.dir)
 
     @property
+    def prometheus(self) -> PrometheusServer:
+        """All namespaces, the namespace under ``namespace`` (a PodMonitor's label)."""
+        return PrometheusServer(self.dir / "prometheus", kubeconfig=self.kubeconfig)
+
+    @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
 
     # -------------------------------------------------------------- lifecycle
     def up(self, *, install_crds: bool = True, node: bool = False, s3: bool = False,
-           timeout: float = 90.0, log=print) -> ClusterState:
-        """Start the control plane (and a node, an S3 server) unless it already runs;
-        install the CRDs.
+           prometheus: bool = False, timeout: float = 90.0, log=print) -> ClusterState:
+        """Start the control plane (and a node, an S3 server, a Prometheus) unless it
+        already runs; install the CRDs.
 
         Returns when everything promised answers: the CRDs are served through discovery
         (``kubectl get mlops`` works), with a node pods can run and reach the API, with
         S3 the default bucket exists and the Secret ``trellis-system/trellis-s3`` says
-        how to reach it.
+        how to reach it, with Prometheus it answers ready.
         """
         st = self.state()
-        if st and st.node == node and bool(st.s3_pid) == s3 and self.running():
+        if (st and st.node == node and bool(st.s3_pid) == s3
+                and bool(st.prometheus_url) == prometheus and self.running()):
             if install_crds:
                 self.install_crds(st)
             return st
@@ -203,6 +215,13 @@ class DevCluster:
             except (S3Error, ClusterError) as exc:
                 self.down()
                 raise ClusterError(str(exc)) from exc
+        if prometheus:
+            try:
+                st.prometheus_url = self.prometheus.start().url
+            except (PrometheusError, binaries.BinaryError) as exc:
+                self.down()
+                raise ClusterError(str(exc)) from exc
+            self.state_file.write_text(json.dumps(asdict(st), indent=2))
         return st
 
     def down(self) -> bool:
@@ -214,6 +233,8 @@ class DevCluster:
         st = self.state()
         stopped = self.node.stop()
         stopped |= self.s3.stop()
+        stopped |= self.prometheus.stop()
+        shutil.rmtree(self.dir / "prometheus", ignore_errors=True)  # its port and series
         if st:
             for pid in (st.apiserver_pid, st.etcd_pid):
                 stopped |= terminate(pid, 10.0)
@@ -248,6 +269,8 @@ class DevCluster:
             lines += [f"export AWS_ENDPOINT_URL={st.s3_endpoint}",
                       f"export AWS_ACCESS_KEY_ID={creds.access_key}",
                       f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}"]
+        if st.prometheus_url:
+            lines.append(f"export TRELLIS_PROMETHEUS_URL={st.prometheus_url}")
         return lines
 
     # ---------------------------------------------------------------- helpers

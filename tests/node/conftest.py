@@ -31,7 +31,7 @@ def host_before_node(node_dir: Path) -> HostSnapshot:
 @pytest.fixture(scope="session")
 def node_dev_cluster(node_dir: Path, host_before_node: HostSnapshot) -> Iterator[DevCluster]:
     dev = DevCluster(node_dir)
-    dev.up(node=True, s3=True)
+    dev.up(node=True, s3=True, prometheus=True)
     try:
         yield dev
     finally:

@@ -166,7 +166,7 @@ def test_down_leaves_nothing_and_up_works_again(node_dev_cluster: DevCluster,
         assert node_dev_cluster.down()
         assert snapshot(node_dev_cluster.dir).leftovers(host_before_node) == {}
     finally:  # later node tests get their node back either way
-        node_dev_cluster.up(node=True, s3=True)  # as conftest started it
+        node_dev_cluster.up(node=True, s3=True, prometheus=True)  # as conftest started it
         ensure_test_images(node_dev_cluster)
     ns = node_cluster.create_namespace("node-again")
     _sa_ready(node_cluster, ns)

@@ -6,18 +6,22 @@ what Seldon's operator would for each predictor (``tests.support.seldon_pods``):
 Deployment whose pod downloads its model version from the dev cluster's S3 server, runs
 it in the model-server image, with the executor's metrics stand-in beside it (Seldon's
 executor cannot be built here; the stand-in counts the requests that pod answered, in the
-executor's series), and a Service. A real Prometheus scrapes the pods every second and
-the operator's canary analysis queries it with real PromQL.
+executor's series), and a Service. The dev cluster's Prometheus (``dev-cluster up
+--prometheus``) finds the pods through the API server as Seldon's PodMonitor would
+select them and scrapes them every second; the operator's canary analysis queries it
+with real PromQL.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from controller.devcluster import deploy
+from controller.devcluster.cluster import DevCluster
 from tests.support.kube import Cluster, condition, wait_for
 from tests.support.prometheus import Prometheus
 from tests.support.seldon import (
@@ -73,10 +77,22 @@ def namespace(node_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
 
 
 @pytest.fixture
-def seldon_pods(node_cluster: Cluster, namespace: str, prometheus: Prometheus,
-                namespace_label: str, ingress: Ingress) -> Iterator[SeldonPods]:
-    pods = SeldonPods(node_cluster, namespace, prometheus, namespace_label=namespace_label,
-                      ingress=ingress)
+def prometheus(node_dev_cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> Prometheus:
+    """The cluster's own, read by the operator as its configuration says (the namespace in
+    ``namespace``, a PodMonitor's label). Shared by the session: each test filters on its
+    namespace."""
+    prom = Prometheus(node_dev_cluster.prometheus.root, namespace_label="namespace")
+    assert prom.running(), "the node cluster runs without its Prometheus"
+    assert f"export TRELLIS_PROMETHEUS_URL={prom.url}" in node_dev_cluster.env_lines()
+    monkeypatch.setenv("TRELLIS_PROMETHEUS_URL", prom.url)
+    monkeypatch.setenv("TRELLIS_PROMETHEUS_NAMESPACE_LABEL", prom.namespace_label)
+    return prom
+
+
+@pytest.fixture
+def seldon_pods(node_cluster: Cluster, namespace: str, ingress: Ingress
+                ) -> Iterator[SeldonPods]:
+    pods = SeldonPods(node_cluster, namespace, ingress=ingress)
     try:
         yield pods
     finally:
@@ -92,6 +108,7 @@ def test_a_canary_on_model_server_pods_is_promoted_or_rolled_back_by_real_promql
         node_cluster: Cluster, namespace: str, models_uri: str, prometheus: Prometheus,
         seldon_pods: SeldonPods, ingress: Ingress, operator: None) -> None:
     ns = namespace
+    started = time.time()
     setup_objects(node_cluster, ns, models_uri=models_uri)
     wait_predictors(node_cluster, ns, [("stable", "v1", 100)], host=seldon_pods)
     mark_available(node_cluster, ns)
@@ -113,12 +130,15 @@ def test_a_canary_on_model_server_pods_is_promoted_or_rolled_back_by_real_promql
     passed = passes(st["rollouts"][-1]["analyses"])
     assert [a["weight"] for a in passed] == [10, 50, 100], passed
     assert all(a["errorRate"] == 0 and a["requests"] >= 10 for a in passed), passed
-    # what was decided on came from the pods' own series, scraped through their addresses
-    scraped = prometheus.query(f'{EXECUTOR_COUNT}{{predictor_version="v2",'
+    # what was decided on came from the pods' own series, found by discovery and
+    # labelled by the PodMonitor's relabelling (namespace, pod, container, port name)
+    scraped = prometheus.query(f'{EXECUTOR_COUNT}{{namespace="{ns}",predictor_version="v2",'
                                f'service="predictions"}}')
-    assert scraped and all(r["metric"]["pod"].startswith("classifier-") and
-                           r["metric"]["namespace"] == ns for r in scraped), scraped
-    queries = [q for q in prometheus.queries()  # the operator's (the test's own name none)
+    assert scraped and all(r["metric"]["pod"].startswith("classifier-canary-") and
+                           r["metric"]["container"] == "seldon-container-engine" and
+                           r["metric"]["endpoint"] == "metrics" for r in scraped), scraped
+    # the operator's queries while this test ran (the test's own name no deployment)
+    queries = [q for q in prometheus.queries(since=started)
                if "seldon_api_executor" in q and "deployment_name=" in q]
     assert queries and all("increase(" in q and 'service="predictions"' in q and
                            f'namespace="{ns}"' in q for q in queries), queries

@@ -1,40 +1,31 @@
-"""A real Prometheus for the tests: Debian's 2.42 binary (``binaries.ensure_prometheus``)
-scraping what a test registers, queried by the operator's real PromQL.
+"""A real Prometheus for the tests: the dev cluster's (``controller.devcluster.prometheus``),
+queried by the operator's real PromQL, with what a test needs to look at it.
 
-One server per test, listening on loopback only, scraping every second. Targets come
-from ``file_sd`` files the test rewrites at runtime (``set_targets``): each target carries
-the labels a cluster's scrape would add (the namespace, under whichever label name the
-test's scheme uses) and its metrics path, as Kubernetes service discovery plus a
-PodMonitor's relabelling would. Prometheus applies a changed target list within about
-5 s (its discovery and scrape managers batch updates), so a new target is scraped some
-seconds after it is registered, as in a cluster.
-
-Storage lives in the test's directory. ``stop`` ends the process with a deadline, then
-SIGKILL (``controller.processes.terminate``); ``start`` again brings it back on the same
-port with the same data, which is how a test makes Prometheus unreachable for a while.
-Every query the server answers is in ``queries()`` (Prometheus' own query log).
+A test either starts its own server on loopback (``Prometheus(root).start()``: the
+e2e tests, whose model servers are processes registered through ``file_sd`` files the
+test rewrites, ``set_targets``, each target with the labels a cluster's scrape would add)
+or reads the node cluster's, which finds model-server pods by itself through the API
+server (``dev-cluster up --prometheus``). Either scrapes every second;
+Prometheus applies a changed target list within about 5 s (its discovery manager batches
+updates), so a new target is scraped some seconds after it appears, as in a cluster.
+``stop`` then ``start`` brings a test's own server back on the same port with the same
+data, which is how a test makes Prometheus unreachable for a while. Every query the
+server answers is in ``queries()`` (Prometheus' own query log).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from controller.devcluster import binaries
-from controller.processes import free_port, pid_alive, terminate
-
-SCRAPE_INTERVAL = "1s"
-JOB = "seldon-pods"
-STOP_GRACE = 5.0
+from controller.devcluster.prometheus import PrometheusError, PrometheusServer
 
 
 @dataclass(frozen=True)
@@ -51,79 +42,16 @@ class Target:
                 "labels": {**self.labels, "__metrics_path__": self.path}}
 
 
-def config(root: Path, scrape_interval: str = SCRAPE_INTERVAL) -> str:
-    """``prometheus.yml`` (JSON is YAML): one job fed by the ``file_sd`` files under
-    ``root/targets``, re-read when they change (and every second regardless)."""
-    return json.dumps({
-        "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
-                   "evaluation_interval": scrape_interval,
-                   "query_log_file": str(root / "queries.jsonl")},
-        "scrape_configs": [{
-            "job_name": JOB,
-            "file_sd_configs": [{"files": [str(root / "targets" / "*.json")],
-                                 "refresh_interval": scrape_interval}],
-        }],
-    }, indent=2)
+class Prometheus(PrometheusServer):
+    """The server plus the test's view of it: targets, queries, waits."""
 
-
-def command(binary: str, root: Path, port: int) -> list[str]:
-    """Loopback only, storage under ``root``, no lifecycle or admin API, no web UI assets
-    needed (only the HTTP API is used)."""
-    return [binary, f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={root / 'data'}", "--storage.tsdb.retention.time=1h",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
-
-
-class PrometheusError(RuntimeError):
-    pass
-
-
-class Prometheus:
-    def __init__(self, root: Path, scrape_interval: str = SCRAPE_INTERVAL) -> None:
-        self.root = root
-        self.scrape_interval = scrape_interval
-        self.port = free_port()
-        self.pid = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._targets: dict[str, list[Target]] = {}
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> Prometheus:
-        """Start (or start again, same port and data) and wait until it answers ready."""
-        if self.running():
-            return self
-        (self.root / "targets").mkdir(parents=True, exist_ok=True)
-        (self.root / "prometheus.yml").write_text(config(self.root, self.scrape_interval))
-        binary = str(binaries.ensure_prometheus())
-        with open(self.root / "prometheus.log", "ab") as log:
-            proc = subprocess.Popen(command(binary, self.root, self.port), cwd=self.root,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = proc.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited ({proc.returncode}):\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise PrometheusError(f"prometheus not ready after {timeout:.0f}s:\n{self.tail()}")
-
-    def running(self) -> bool:
-        return pid_alive(self.pid)
-
-    def stop(self) -> bool:
-        """SIGTERM, SIGKILL after ``STOP_GRACE``; the data stays for ``start``."""
-        stopped = terminate(self.pid, STOP_GRACE) if self.pid else False
-        self.pid = 0
-        return stopped
+    def start(self, timeout: float = 30.0) -> Prometheus:  # type: ignore[override]
+        super().start(timeout)
+        return self
 
     def set_targets(self, name: str, targets: Iterable[Target]) -> None:
         """Replace the targets in ``targets/<name>.json`` (atomically: Prometheus watches
@@ -186,21 +114,25 @@ class Prometheus:
         raise AssertionError(f"{address} not scraped within {timeout:.0f}s: "
                              f"{self.targets_up()}")
 
-    def queries(self) -> list[str]:
-        """Every PromQL expression this server evaluated, in order (its query log)."""
+    def queries(self, since: float = 0.0) -> list[str]:
+        """Every PromQL expression this server evaluated from ``since`` (epoch seconds)
+        on, in order (its query log)."""
         path = self.root / "queries.jsonl"
         if not path.exists():
             return []
         out = []
         for line in path.read_text().splitlines():
             try:
-                out.append(json.loads(line)["params"]["query"])
+                entry = json.loads(line)
+                if since and datetime.fromisoformat(entry["ts"]).timestamp() < since:
+                    continue
+                out.append(entry["params"]["query"])
             except (ValueError, KeyError):
                 continue
         return out
 
-    def tail(self, lines: int = 20) -> str:
-        path = self.root / "prometheus.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    @property
+    def port(self) -> int:
+        st = self.state()
+        assert st is not None, "not started"
+        return st.port

@@ -202,7 +202,8 @@ def errors_across_a_reset(cluster: Cluster, ns: str, prometheus: Prometheus,
     failing = [b for b in bodies if post(model_url, b) == 500]
     passing = [b for b in bodies if b not in failing]
     assert len(failing) >= 4 and len(passing) >= 4
-    series = f'{EXECUTOR_COUNT}{{predictor_name="canary",service="predictions",code="500"}}'
+    series = (f'{EXECUTOR_COUNT}{{{prometheus.namespace_label}="{ns}",predictor_name="canary",'
+              'service="predictions",code="500"}')
 
     def send(n_fail: int, n_pass: int) -> None:
         for body in failing[:n_fail] + passing[:n_pass]:

@@ -17,10 +17,12 @@ creates for each predictor of the rendered SeldonDeployment what its
   model-server image's Python from a ConfigMap) on port 8000 in front of the model;
 - a Service ``<sdep>-<predictor>`` on 8000 selecting the predictor's pods.
 
-Each Ready pod is registered with the test's Prometheus as a PodMonitor would find it
-(the executor at ``:8000/prometheus``, the model's own metrics at ``:6000/prometheus``,
-the namespace under the test's label name, the pod's name), and the ingress splits its
-stream over the predictors' Services by their ``traffic`` weights, as Istio would.
+Nothing registers the pods with Prometheus: the dev cluster's (``dev-cluster up
+--prometheus``) discovers them through the API server as Seldon's PodMonitor would select
+them, by their ``app.kubernetes.io/managed-by`` label and their ports named ``metrics`` (the
+executor at ``:8000/prometheus``, the model's own metrics at ``:6000/prometheus``). The
+ingress splits its stream over the predictors' Services by their ``traffic`` weights, as
+Istio would.
 
 In the default test mode the images' Python environments are mounted read-only from the
 host cache (``controller.devcluster.images.pod_volumes``).
@@ -37,7 +39,6 @@ from typing import Any
 from controller.devcluster import images
 from tests.support.executor_metrics import encode_predictor
 from tests.support.kube import Cluster, wait_for
-from tests.support.prometheus import Prometheus, Target
 from tests.support.seldon_host import METRICS_PATH, Ingress, model_container, model_env
 
 EXECUTOR_SCRIPT = Path(__file__).resolve().with_name("executor_metrics.py")
@@ -89,12 +90,10 @@ def _seldon_labels(sdep: str, predictor: dict[str, Any], container: str) -> dict
 class SeldonPods:
     """A SeldonDeployment's predictors as Deployments and Services; see the module docstring."""
 
-    def __init__(self, cluster: Cluster, namespace: str, prometheus: Prometheus, *,
-                 namespace_label: str = "namespace", ingress: Ingress | None = None) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, *,
+                 ingress: Ingress | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.prometheus = prometheus
-        self.namespace_label = namespace_label
         self.ingress = ingress
         node = cluster.dev.node.state()
         assert node is not None, "SeldonPods needs the dev cluster's node"
@@ -108,9 +107,9 @@ class SeldonPods:
     # ------------------------------------------------------------------- sync
     def sync(self, sdep: dict[str, Any]) -> None:
         """Apply every predictor's Deployment and Service, wait for their rollouts, remove
-        what no predictor names any more, then point Prometheus and the ingress at the
-        Ready pods. A weight change alone changes no pod (as in Seldon, whose executor
-        does not route between predictors)."""
+        what no predictor names any more, then point the ingress at the predictors'
+        Services. A weight change alone changes no pod (as in Seldon, whose executor does
+        not route between predictors)."""
         name = sdep["metadata"]["name"]
         predictors = sdep["spec"]["predictors"]
         for predictor in predictors:
@@ -123,23 +122,14 @@ class SeldonPods:
                                  timeout=ROLLOUT_TIMEOUT_S + 20)
         wanted = {f"{name}-{p['name']}" for p in predictors}
         stale = [app for app in self._apps(name) if app not in wanted]
-        self.publish(sdep)  # no traffic, no scrapes for what goes ...
+        self.publish(sdep)  # no traffic for what goes ...
         for app in stale:  # ... before it goes
             self.cluster.kubectl("delete", "deployment,service", "-n", self.namespace,
                                  "-l", f"seldon-app={app}", "--wait=false")
 
     def publish(self, sdep: dict[str, Any]) -> None:
-        """Scrape targets and routes from the pods that are Ready now."""
+        """Routes to the predictors' Services, by their weights."""
         name = sdep["metadata"]["name"]
-        targets = []
-        for pod in self.pods(name):
-            labels = {"pod": pod["metadata"]["name"],
-                      **({self.namespace_label: self.namespace} if self.namespace_label
-                         else {})}
-            ip = pod["status"]["podIP"]
-            targets += [Target(f"{ip}:{ENGINE_PORT}", METRICS_PATH, labels),
-                        Target(f"{ip}:{METRICS_PORT}", METRICS_PATH, labels)]
-        self.prometheus.set_targets(name, targets)
         if self.ingress is not None:
             self.ingress.route({p["name"]: (self.url(name, p["name"]), int(p.get("traffic", 0)))
                                 for p in sdep["spec"]["predictors"]})

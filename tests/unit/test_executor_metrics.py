@@ -4,6 +4,7 @@ Prometheus configuration, and how its binary is fetched."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.devcluster import binaries
+from controller.devcluster import prometheus as server
 from controller.processes import free_port
 from tests.support import prometheus
 from tests.support.executor_metrics import (
@@ -132,9 +134,14 @@ def test_the_proxy_counts_each_service_and_passes_answers_through(executor: str)
 
 
 def test_an_unreachable_model_is_a_counted_500() -> None:
-    port = free_port()
-    server = serve(Executor("classifier", PREDICTOR, f"http://127.0.0.1:{free_port()}",
-                            timeout_s=2), "127.0.0.1", port)
+    # the model's port stays bound and never listens: refused, and no one else's (two
+    # free_port() answers in a row may be the same port, the executor's own)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    upstream = hole.getsockname()[1]
+    server = serve(Executor("classifier", PREDICTOR, f"http://127.0.0.1:{upstream}",
+                            timeout_s=2), "127.0.0.1", 0)
+    port = server.server_address[1]
     try:
         url = f"http://127.0.0.1:{port}"
         status, body, _ = call("POST", url + "/api/v1.0/predictions", b"{}")
@@ -144,17 +151,18 @@ def test_an_unreachable_model_is_a_counted_500() -> None:
     finally:
         server.shutdown()
         server.server_close()
+        hole.close()
 
 
 def test_prometheus_scrapes_file_sd_targets_every_second_on_loopback(tmp_path: Path) -> None:
-    cfg = json.loads(prometheus.config(tmp_path))
+    cfg = json.loads(server.config(tmp_path))
     assert cfg["global"]["scrape_interval"] == "1s"
     [job] = cfg["scrape_configs"]
     assert job["file_sd_configs"][0]["files"] == [str(tmp_path / "targets" / "*.json")]
     target = prometheus.Target("127.0.0.1:9", "/prometheus", {"kubernetes_namespace": "farm"})
     assert target.group() == {"targets": ["127.0.0.1:9"], "labels": {
         "kubernetes_namespace": "farm", "__metrics_path__": "/prometheus"}}
-    cmd = prometheus.command("/bin/prometheus", tmp_path, 19090)
+    cmd = server.command("/bin/prometheus", tmp_path, 19090)
     assert "--web.listen-address=127.0.0.1:19090" in cmd
     assert f"--storage.tsdb.path={tmp_path / 'data'}" in cmd
     assert not any("lifecycle" in arg or "admin" in arg for arg in cmd)
