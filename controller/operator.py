@@ -227,7 +227,7 @@ def run(*, namespaces: list[str] | None = None, peering: str | None = None,
     if peering is not None:
         kwargs["peering_name"] = peering
         kwargs["priority"] = peering_priority()
-        if not os.environ.get("TRELLIS_REQUEST_LOG_STORE"):
+        if not Settings.from_env().request_log_store:
             log.warning(
                 "peering as %r with no TRELLIS_REQUEST_LOG_STORE: each replica keeps the "
                 "drift inputs it receives in its own state dir, so with more than one "

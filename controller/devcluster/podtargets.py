@@ -27,7 +27,8 @@ from typing import Any
 
 log = logging.getLogger("trellis.podtargets")
 
-SELECTOR = "app.kubernetes.io/managed-by=seldon-core"  # Seldon's operator labels its pods so
+MANAGED_BY = ("app.kubernetes.io/managed-by", "seldon-core")  # Seldon's operator labels its pods so
+SELECTOR = "=".join(MANAGED_BY)
 METRICS_PORT_NAME = "metrics"  # the model container's 6000 and the executor's 8000
 METRICS_PATH = "/prometheus"  # Seldon's operator: the executor's --prometheus_path
 PODMONITOR = "seldon-monitoring/seldon-podmonitor"  # Seldon's docs' (the `job` it gives)
@@ -47,7 +48,7 @@ def targets(pods: Iterable[dict[str, Any]], namespace_label: str = "namespace"
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
-        if labels.get("app.kubernetes.io/managed-by") != "seldon-core":
+        if labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
             continue
         if status.get("phase") in ("Failed", "Succeeded") or not status.get("podIP"):
             continue

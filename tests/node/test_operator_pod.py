@@ -150,6 +150,16 @@ def _pods(cluster: Cluster, ns: str, experiment: str) -> list[dict[str, Any]]:
         "-o", "json").stdout)["items"]
 
 
+def _finished(cluster: Cluster, ns: str, experiment: str) -> dict[str, Any]:
+    """The Experiment once its run has succeeded or failed."""
+    def done() -> dict | None:
+        obj = cluster.get("experiment", experiment, ns) or {}
+        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
+            else None
+
+    return wait_for(done, timeout=900, interval=2, what="the run to finish")
+
+
 def _running_pods(cluster: Cluster) -> list[dict]:
     pods = json.loads(cluster.kubectl(
         "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=trellis-operator",
@@ -179,12 +189,7 @@ def test_an_experiment_trains_in_one_pod_to_a_model_in_s3_across_a_failover(
     node_cluster.kubectl("delete", "pod", active[0]["metadata"]["name"], "-n", SYSTEM_NS,
                          "--force", "--grace-period=0")
 
-    def finished() -> dict | None:
-        obj = node_cluster.get("experiment", "classifier", ns) or {}
-        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
-            else None
-
-    obj = wait_for(finished, timeout=900, interval=2, what="the run to finish")
+    obj = _finished(node_cluster, ns, "classifier")
     status = obj["status"]
     pods = _pods(node_cluster, ns, "classifier")
     logs = node_cluster.kubectl("logs", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}=classifier",
@@ -255,12 +260,7 @@ def test_a_restricted_namespace_trains_with_the_baked_trainer_image(
     node_cluster.apply(_experiment("classifier", {"cpu": "1", "memory": "2Gi", "gpu": 0},
                                    n_samples=1500), ns)
 
-    def finished() -> dict | None:
-        obj = node_cluster.get("experiment", "classifier", ns) or {}
-        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
-            else None
-
-    obj = wait_for(finished, timeout=900, interval=2, what="the run to finish")
+    obj = _finished(node_cluster, ns, "classifier")
     logs = node_cluster.kubectl("logs", "-n", ns, "-l", f"{api.LABEL_EXPERIMENT}=classifier",
                                 "--tail=40", check=False).stdout
     assert obj["status"]["phase"] == "Succeeded", (obj["status"], logs)

@@ -65,7 +65,7 @@ def register(cluster: Cluster, ns: str, *versions: int,
 
 def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = None,
                   reference_uri: str | None = None, interval: str = "2s",
-                  models_uri: str = MODELS_URI) -> None:
+                  models_uri: str = MODELS_URI, max_latency_ms: int = 500) -> None:
     """An Experiment with v1 registered and a seldon-backend ModelDeployment of it."""
     exp = base("Experiment")
     exp["spec"]["flow"]["file"] = "flows/not-here.py"  # nothing trains in these tests
@@ -75,7 +75,8 @@ def setup_objects(cluster: Cluster, ns: str, *, drift: dict[str, Any] | None = N
     mdep["spec"]["backend"] = "seldon"
     mdep["spec"]["canary"] = {"steps": [10, 50, 100], "interval": interval,
                               "analysis": {"minRequests": 10, "maxErrorRate": 0.05,
-                                           "maxLatencyP99Ms": 500, "maxPredictionShift": 0.3}}
+                                           "maxLatencyP99Ms": max_latency_ms,
+                                           "maxPredictionShift": 0.3}}
     mdep["spec"]["drift"] = drift or {"enabled": False}
     cluster.apply(mdep, ns)
 
@@ -135,8 +136,14 @@ def wait_predictors(cluster: Cluster, ns: str, expected: list[tuple[str, str, in
     served before that fall outside the step's window, as they do in a real cluster in
     the moment between a weight change and the step's start.
     """
-    wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
-             what=f"predictors {expected}")
+    try:
+        wait_for(lambda: predictors(cluster, ns) == expected, timeout=timeout,
+                 what=f"predictors {expected}")
+    except AssertionError as exc:  # what the operator decided instead, to read in the log
+        st = mdep_status(cluster, ns)
+        raise AssertionError(f"{exc}; they are {predictors(cluster, ns)}, the canary "
+                             f"{st.get('canary')}, the last rollout "
+                             f"{(st.get('rollouts') or [None])[-1]}") from None
     if host is not None:
         host.sync(cluster.get("sdep", "classifier", ns))
     weights = dict((name, weight) for name, _, weight in expected)

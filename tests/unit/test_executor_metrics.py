@@ -157,8 +157,10 @@ def test_an_unreachable_model_is_a_counted_500() -> None:
 def test_prometheus_scrapes_file_sd_targets_every_second_on_loopback(tmp_path: Path) -> None:
     cfg = json.loads(server.config(tmp_path))
     assert cfg["global"]["scrape_interval"] == "1s"
+    assert cfg["global"]["query_log_file"] == str(tmp_path / "queries.jsonl")
     [job] = cfg["scrape_configs"]
-    assert job["file_sd_configs"][0]["files"] == [str(tmp_path / "targets" / "*.json")]
+    assert job["file_sd_configs"] == [{"files": [str(tmp_path / "targets" / "*.json")],
+                                       "refresh_interval": "1s"}]
     target = prometheus.Target("127.0.0.1:9", "/prometheus", {"kubernetes_namespace": "farm"})
     assert target.group() == {"targets": ["127.0.0.1:9"], "labels": {
         "kubernetes_namespace": "farm", "__metrics_path__": "/prometheus"}}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.devcluster import podtargets, prometheus
+from controller.devcluster import podtargets
 
 
 def _pod(name: str = "classifier-canary-0-classifier-abc12", *, ip: str = "10.244.0.7",
@@ -62,11 +62,3 @@ def test_the_targets_file_is_replaced_whole(tmp_path: Path) -> None:
     podtargets.write(out, [])
     assert json.loads(out.read_text()) == [] and [p.name for p in tmp_path.iterdir()] == [
         "pods.json"]
-
-
-def test_prometheus_reads_every_targets_file_every_second(tmp_path: Path) -> None:
-    conf = json.loads(prometheus.config(tmp_path))
-    [job] = conf["scrape_configs"]
-    assert job["file_sd_configs"] == [{"files": [str(tmp_path / "targets" / "*.json")],
-                                       "refresh_interval": "1s"}]
-    assert conf["global"]["query_log_file"] == str(tmp_path / "queries.jsonl")
